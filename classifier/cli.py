@@ -1,0 +1,135 @@
+"""`forgetless route ...`: train, evaluate, query and time the embedding router."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from classifier.data import load_examples, load_training_examples
+from classifier.encoders import DEFAULT_BACKEND, ENCODERS, build_encoder
+from classifier.errors import InputError, exit_on_input_error
+from classifier.routers.embedding import EmbeddingRouter
+
+app = typer.Typer(help="Train, evaluate, query and time the embedding router.", no_args_is_help=True)
+err = Console(stderr=True)
+
+RouterDir = Annotated[Path, typer.Option("--router", help="Directory of a saved router.")]
+EncoderModel = Annotated[
+    Optional[Path],
+    typer.Option("--encoder-model", help="Local sentence-transformers model dir (default: bundled all-MiniLM-L6-v2)."),
+]
+
+
+def metrics_table(m: dict, title: str) -> Table:
+    t = Table(title=f"{title}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  fallback rate {m['fallback_rate']:.3f}")
+    for col in ("route", "precision", "recall", "F1", "support"):
+        t.add_column(col, justify="left" if col == "route" else "right")
+    for lab, v in m["per_label"].items():
+        t.add_row(lab, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+    return t
+
+
+def confusion_table(m: dict) -> Table:
+    labels = m["confusion"]["labels"]
+    t = Table(title="confusion (rows: true route, columns: decided route)")
+    t.add_column("")
+    for lab in labels:
+        t.add_column(lab, justify="right")
+    for lab, row in zip(labels, m["confusion"]["matrix"]):
+        t.add_row(lab, *map(str, row))
+    return t
+
+
+@app.command()
+@exit_on_input_error
+def train(
+    data: Annotated[Path, typer.Option("--data", help="JSONL with {text, label[, source]} per line.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the router to.")],
+    fallback: Annotated[str, typer.Option("--fallback", help="Route that means 'the base model'.")] = "general",
+    encoder: Annotated[str, typer.Option("--encoder", help=f"Encoder backend: {', '.join(ENCODERS)}.")] = DEFAULT_BACKEND,
+    encoder_model: EncoderModel = None,
+):
+    """Train a router from labelled JSONL and save it to --out."""
+    ex = load_training_examples(data, fallback)
+    enc = build_encoder(encoder, encoder_model)
+    router = EmbeddingRouter.fit(ex, fallback, enc, progress=True, log=lambda s: err.print(s))
+    router.save(out)
+    val = router.meta["validation"]
+    Console().print(metrics_table(val, f"validation ({val['scheme']})"))
+    Console().print(f"thresholds: {json.dumps({k: round(v, 2) for k, v in router.thresholds.items()})}")
+    Console().print(f"saved router to {out}")
+
+
+@app.command("eval")
+@exit_on_input_error
+def evaluate(
+    router: RouterDir,
+    data: Annotated[Path, typer.Option("--data", help="Labelled JSONL to evaluate on.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    encoder_model: EncoderModel = None,
+):
+    """Accuracy, macro-F1, per-route P/R/F1, confusion matrix and fallback rate on labelled data."""
+    r = EmbeddingRouter.load(router, encoder_model=encoder_model)
+    ex = load_examples(data)
+    unknown = sorted(set(ex.labels) - set(r.labels))
+    if unknown:
+        raise InputError(f"{data}: labels {', '.join(unknown)} are not routes of {router} (routes: {', '.join(r.labels)})")
+    m = r.evaluate(ex.texts, ex.labels)
+    if as_json:
+        sys.stdout.write(json.dumps(m) + "\n")
+        return
+    Console().print(metrics_table(m, str(data)))
+    Console().print(confusion_table(m))
+
+
+@app.command()
+@exit_on_input_error
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to route.")],
+    router: RouterDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text.")] = False,
+    encoder_model: EncoderModel = None,
+):
+    """Route each TEXT: the chosen route, its probability and the top 3."""
+    r = EmbeddingRouter.load(router, encoder_model=encoder_model)
+    for text in texts:
+        if not text.strip():
+            raise InputError("TEXT: blank text cannot be routed")
+    for text, d in zip(texts, r.decide_batch(texts)):
+        if as_json:
+            sys.stdout.write(json.dumps({"text": text, **d.as_dict()}) + "\n")
+        else:
+            top = ", ".join(f"{name} {p:.2f}" for name, p in d.top)
+            flag = " (fallback)" if d.fallback else ""
+            Console().print(f"[bold]{d.route}[/bold]{flag}  p={d.probability:.2f}  top-3: {top}  <- {text[:70]!r}")
+
+
+@app.command()
+@exit_on_input_error
+def bench(
+    router: RouterDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    n: Annotated[int, typer.Option("--n", min=20, help="Single requests timed per prompt length.")] = 200,
+    encoder_model: EncoderModel = None,
+):
+    """Decision latency (short and long prompts, one at a time) and batched throughput."""
+    from classifier.speed import measure
+
+    r = EmbeddingRouter.load(router, encoder_model=encoder_model)
+    m = measure(r, n=n)
+    if as_json:
+        sys.stdout.write(json.dumps(m) + "\n")
+        return
+    t = Table(title=f"router decision speed ({m['encoder']})")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for k, v in m.items():
+        if k != "encoder":
+            t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
+    Console().print(t)

@@ -1,0 +1,104 @@
+"""Labelled JSONL loading with strict validation: `{"text": ..., "label": ..., "source": ...}` per line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from classifier.errors import InputError
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    labels: list[str]
+    sources: list[str | None] = field(default_factory=list)
+    sha256: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def label_set(self) -> list[str]:
+        return sorted(set(self.labels))
+
+
+def _field(obj: dict, key: str, where: str, required: bool) -> str | None:
+    if key not in obj:
+        if required:
+            raise InputError(f"{where}: missing field '{key}'")
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise InputError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InputError(f"{where}: field '{key}' is blank")
+    return value
+
+
+def read_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], str]:
+    """Parse a JSONL file into (line number, object) pairs plus the file's sha256; blank lines are skipped."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a JSONL file")
+    raw = p.read_bytes()
+    rows: list[tuple[int, dict]] = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{p}:{lineno}: not valid UTF-8 (byte {exc.start})") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((lineno, obj))
+    if not rows:
+        raise InputError(f"{p}: file is empty")
+    return rows, hashlib.sha256(raw).hexdigest()
+
+
+def load_examples(path: str | Path, *, require_label: bool = True) -> Examples:
+    rows, digest = read_jsonl(path)
+    texts, labels, sources = [], [], []
+    for lineno, obj in rows:
+        where = f"{path}:{lineno}"
+        texts.append(_field(obj, "text", where, True))
+        label = _field(obj, "label", where, require_label)
+        labels.append(label.strip() if label else "")
+        sources.append(_field(obj, "source", where, False))
+    return Examples(texts, labels, sources, digest)
+
+
+def load_training_examples(path: str | Path, fallback: str) -> Examples:
+    ex = load_examples(path)
+    if len(ex.label_set) < 2:
+        raise InputError(f"{path}: needs at least two labels to route between, found only {ex.label_set!r}")
+    if fallback not in ex.label_set:
+        raise InputError(
+            f"{path}: fallback route '{fallback}' has no examples (labels: {', '.join(ex.label_set)}); "
+            "add examples for it or pass --fallback"
+        )
+    return ex
+
+
+def source_family(source: str | None) -> str | None:
+    """Group key for held-out validation: whole dataset families, not rows.
+
+    `clinc150/train:home` -> `clinc150/train`, `legalbench/cuad_audit_rights` -> `legalbench/cuad`,
+    `mmlu/professional_law` -> `mmlu/professional`. Holding out a family removes every near-duplicate of
+    its prompts from training, which is what a router meets on prompts from sources it never saw.
+    """
+    if not source:
+        return None
+    s = source.split(":", 1)[0]
+    dataset, _, subset = s.partition("/")
+    return f"{dataset}/{subset.split('_', 1)[0]}" if subset else dataset

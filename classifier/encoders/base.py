@@ -1,0 +1,81 @@
+"""The Encoder interface: texts in, L2-normalised float32 embeddings out."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from classifier.errors import InputError
+
+
+class Encoder(ABC):
+    """Turns texts into unit-length vectors. Implementations differ in runtime, never in contract."""
+
+    #: registry name, e.g. "onnx-int8"; stored in a saved router and checked on load
+    backend: str = ""
+
+    def __init__(self, model_dir: str | Path, max_seq_length: int = 256):
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise InputError(f"{self.model_dir}: not a sentence-transformers model directory (no config.json)")
+        self.max_seq_length = max_seq_length
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Unnormalised embeddings for one batch."""
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Embed `texts` in batches (shortest first, so padding stays small), optionally with a progress bar."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if progress:
+            from rich.progress import Progress
+
+            with Progress(transient=False) as bar:
+                task = bar.add_task(f"encoding {len(texts)} texts", total=len(texts))
+                for idx in batches:
+                    out[idx] = self._encode_batch([texts[i] for i in idx])
+                    bar.advance(task, len(idx))
+        else:
+            for idx in batches:
+                out[idx] = self._encode_batch([texts[i] for i in idx])
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def encode_one(self, text: str) -> np.ndarray:
+        vec = self._encode_batch([text])[0]
+        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+    def identity(self) -> dict:
+        """What a saved router must be used with: backend, model name and weights fingerprint, size."""
+        return {
+            "backend": self.backend,
+            "model": self.model_dir.name if self.model_dir.name != "model" else self.model_dir.parent.name,
+            "weights_sha256": weights_fingerprint(self.model_dir),
+            "dim": self.dim,
+            "max_seq_length": self.max_seq_length,
+        }
+
+
+def weights_fingerprint(model_dir: Path) -> str:
+    """sha256 of the weight file(s), so two copies of one model match and two different models don't."""
+    h = hashlib.sha256()
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    if not files:
+        raise InputError(f"{model_dir}: no model weights (*.safetensors or *.bin)")
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Routers: the shared interface (base.py) and forgetless's embedding router (embedding.py)."""

@@ -1,0 +1,48 @@
+"""The Router interface: one decision per text, plus the evaluation every router shares."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from classifier.metrics import routing_metrics
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: str  # the route to send the request to
+    probability: float  # calibrated probability of the route the classifier ranked first
+    top: list[tuple[str, float]] = field(default_factory=list)  # best routes first
+    fallback: bool = False  # True when the request goes to the fallback route (the base model)
+
+    def as_dict(self) -> dict:
+        return {
+            "route": self.route,
+            "probability": round(self.probability, 4),
+            "fallback": self.fallback,
+            "top": [{"route": r, "probability": round(p, 4)} for r, p in self.top],
+        }
+
+
+class Router(ABC):
+    """Picks a route for each text. `labels` are the route names; `fallback` is the base model's route."""
+
+    labels: list[str]
+    fallback: str
+
+    @abstractmethod
+    def decide_batch(self, texts: Sequence[str]) -> list[Decision]: ...
+
+    def decide(self, text: str) -> Decision:
+        return self.decide_batch([text])[0]
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [d.route for d in self.decide_batch(texts)]
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence[str]) -> dict:
+        decisions = self.decide_batch(texts)
+        return routing_metrics(
+            labels, [d.route for d in decisions], self.labels, self.fallback,
+            confidence=[d.probability if d.route == d.top[0][0] else 1.0 - d.probability for d in decisions],
+        )

@@ -1,0 +1,67 @@
+"""Decision latency and throughput of a router, against plain sentence-transformers in the same run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from classifier.encoders import SentenceTransformerEncoder
+from classifier.routers.embedding import EmbeddingRouter
+
+SHORT = "Can you check whether this clause about late payment penalties is enforceable?"  # ~15 tokens
+LONG = " ".join(
+    [
+        "The patient is a 54-year-old man with a history of type 2 diabetes, hypertension and chronic kidney",
+        "disease who presents with three days of worsening shortness of breath, orthopnea and bilateral leg",
+        "swelling. He reports that he stopped taking his furosemide two weeks ago because of frequent urination.",
+        "On examination his blood pressure is 168/96, heart rate 104, oxygen saturation 89 percent on room air,",
+        "with jugular venous distension, bibasilar crackles and pitting edema to the knees. Laboratory studies",
+        "show a creatinine of 2.1, potassium of 5.4, and a brain natriuretic peptide of 1,850. A chest radiograph",
+        "shows cephalization of the pulmonary vessels and small bilateral effusions. What is the most appropriate",
+        "next step in the management of this patient, and which medication adjustments should be considered",
+        "given his renal function and electrolyte abnormalities before he is discharged home from the hospital?",
+    ]
+)  # ~200 tokens
+
+
+def _timed(fn, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t) * 1000.0)
+    return out
+
+
+def measure(router: EmbeddingRouter, n: int = 200, batch: int = 64, batches: int = 10) -> dict:
+    """Single-request latency (cache bypassed: every text is new) and batched throughput."""
+    router._cache_size = 0
+    for i in range(5):  # warm-up: first ONNX runs allocate
+        router.decide(f"{SHORT} {i}")
+        router.decide(f"{LONG} {i}")
+    short = _timed(lambda i: router.decide(f"{SHORT} ({i})"), n)
+    long = _timed(lambda i: router.decide(f"{LONG} ({i})"), max(n // 2, 20))
+    texts = [f"{SHORT} ({i})" if i % 2 else f"{LONG} ({i})" for i in range(batch)]
+    router.decide_batch(texts)
+    t = time.perf_counter()
+    for _ in range(batches):
+        router.decide_batch(texts)
+    throughput = batch * batches / (time.perf_counter() - t)
+    st = SentenceTransformerEncoder(router.encoder.model_dir)
+    for i in range(5):
+        st.encode_one(f"{SHORT} {i}")
+    base = _timed(lambda i: st.model.encode([f"{SHORT} ({i})"], show_progress_bar=False), n)
+    p50_s, base_p50 = float(np.median(short)), float(np.median(base))
+    return {
+        "encoder": router.encoder.backend,
+        "p50_ms_short": p50_s,
+        "p99_ms_short": float(np.percentile(short, 99)),
+        "p50_ms_long": float(np.median(long)),
+        "p99_ms_long": float(np.percentile(long, 99)),
+        "throughput_per_s": float(throughput),
+        "baseline_p50_ms_short": base_p50,
+        "ratio_to_baseline_short": p50_s / base_p50,
+        "samples_short": len(short),
+        "batch_size": batch,
+    }
