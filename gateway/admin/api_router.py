@@ -1,0 +1,25 @@
+from fastapi import APIRouter, Depends, Request
+
+from gateway.admin import serving
+from gateway.admin.protocol import LoadAdapterRequest, ReloadRequest
+from gateway.auth import require_admin_key
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+
+
+@router.post("/reload")
+async def reload_router(request: Request, body: ReloadRequest | None = None):
+    """Load a router from disk and swap it in; in-flight requests finish on the old one."""
+    return await serving.reload_router(request.app.state.gateway, body.path if body else None)
+
+
+@router.post("/adapters")
+async def load_adapter(request: Request, body: LoadAdapterRequest):
+    """Load an adapter (path under the adapter root) into vLLM and route its route to it."""
+    return await serving.load_adapter(request.app.state.gateway, body)
+
+
+@router.delete("/adapters/{name}")
+async def unload_adapter(request: Request, name: str):
+    """Unload an adapter from vLLM; its route goes to the base model."""
+    return await serving.unload_adapter(request.app.state.gateway, name)

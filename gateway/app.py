@@ -1,0 +1,66 @@
+"""The gateway application: FastAPI app factory and its lifespan (pooled upstream client, router)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from classifier.data import load_training_examples
+from classifier.errors import InputError
+from classifier.routers.embedding import EmbeddingRouter
+from gateway.admin.api_router import router as admin_router
+from gateway.chat.api_router import router as chat_router
+from gateway.completions.api_router import router as completions_router
+from gateway.config import RoutesConfig, Secrets
+from gateway.errors import install_error_handlers
+from gateway.health.api_router import router as health_router
+from gateway.limits import BodyLimit
+from gateway.models.api_router import router as models_router
+from gateway.observability import setup_logging
+from gateway.proxy import Proxy
+from gateway.state import GatewayState
+
+
+def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
+    """Load the configured router; train it first from router.train_data if it does not exist yet."""
+    path = Path(cfg.router.path)
+    if not (path / "router.json").is_file() and cfg.router.train_data:
+        log(f"training router from {cfg.router.train_data} into {path}")
+        ex = load_training_examples(cfg.router.train_data, cfg.router.fallback)
+        EmbeddingRouter.fit(ex, cfg.router.fallback).save(path)
+    router = EmbeddingRouter.load(path)
+    if router.fallback != cfg.router.fallback:
+        raise InputError(f"{path}: router falls back to '{router.fallback}', routes.yaml says router.fallback '{cfg.router.fallback}'")
+    return router
+
+
+def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: EmbeddingRouter | None = None) -> FastAPI:
+    state = GatewayState(cfg, secrets or Secrets(), router)
+    setup_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        t = cfg.gateway.timeouts
+        state.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=t.connect, read=t.first_token, write=t.first_token, pool=t.connect),
+            limits=httpx.Limits(max_connections=cfg.gateway.max_connections, max_keepalive_connections=cfg.gateway.max_connections),
+        )
+        if state.router is None:
+            state.router = load_or_train_router(cfg)
+        try:
+            yield
+        finally:
+            await state.client.aclose()
+
+    app = FastAPI(title="forgetless gateway", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible endpoint that routes each request to the right LoRA adapter.")
+    app.state.gateway = state
+    app.state.proxies = {name: Proxy(state, name) for name in ("chat/completions", "completions")}
+    for r in (chat_router, completions_router, models_router, health_router, admin_router):
+        app.include_router(r)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes)
+    return app

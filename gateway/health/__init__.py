@@ -1,0 +1,1 @@
+"""GET /health (liveness), /ready (router loaded and upstream answering), /metrics (Prometheus)."""

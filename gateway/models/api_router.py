@@ -1,0 +1,12 @@
+from fastapi import APIRouter, Depends, Request
+
+from gateway.auth import require_client_key
+from gateway.models.serving import list_models
+
+router = APIRouter(tags=["openai"])
+
+
+@router.get("/v1/models", dependencies=[Depends(require_client_key)])
+async def models(request: Request):
+    """The virtual model (with its routing table), the base model and every adapter."""
+    return list_models(request.app.state.gateway)

@@ -1,0 +1,23 @@
+import time
+
+from gateway.state import GatewayState
+
+_CREATED = int(time.time())
+
+
+def list_models(state: GatewayState) -> dict:
+    cfg = state.cfg
+    data = [{
+        "id": cfg.router.virtual_model, "object": "model", "created": _CREATED, "owned_by": "forgetless",
+        "parent": None,
+        "forgetless": {"kind": "router", "fallback": state.router.fallback if state.router else cfg.router.fallback,
+                       "decision": cfg.router.decision, "routes": state.routing_table(),
+                       "audited": bool(state.audit_table)},
+    }, {
+        "id": state.base, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": None,
+        "forgetless": {"kind": "base"},
+    }]
+    for a in state.adapters.values():
+        data.append({"id": a.name, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": state.base,
+                     "forgetless": {"kind": "adapter", "description": a.description}})
+    return {"object": "list", "data": data}

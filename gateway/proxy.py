@@ -1,0 +1,202 @@
+"""Forward one OpenAI request to vLLM: retry once on the base model when the chosen adapter fails before any
+byte reached the client, relay SSE streams chunk by chunk, and say what happened in response headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.errors import error_body, error_response
+from gateway.state import GatewayState, Target
+
+log = logging.getLogger("forgetless.gateway")
+_HOP = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive", "server", "date"}
+
+
+def result_headers(target: Target, request_id: str) -> dict[str, str]:
+    h = {"x-request-id": request_id, "x-forgetless-model": target.model}
+    if target.route is not None:
+        h["x-forgetless-route"] = target.route
+    if target.confidence is not None:
+        h["x-forgetless-confidence"] = f"{target.confidence:.4f}"
+    if target.router_ms is not None:
+        h["x-forgetless-router-ms"] = f"{target.router_ms:.3f}"
+    if target.fallback:
+        h["x-forgetless-fallback"] = target.fallback
+    if target.forced:
+        h["x-forgetless-forced"] = "true"
+    return h
+
+
+def _retryable(status: int, body: bytes) -> bool:
+    """An adapter-side failure worth retrying on the base: 5xx, or vLLM not knowing the adapter (unloaded)."""
+    return status >= 500 or (status == 404 and (b"does not exist" in body or b"not found" in body.lower()))
+
+
+class Proxy:
+    def __init__(self, state: GatewayState, endpoint: str):
+        self.state, self.endpoint = state, endpoint
+
+    @property
+    def url(self) -> str:
+        return f"{self.state.cfg.upstream_url}/v1/{self.endpoint}"
+
+    async def __call__(self, request: Request, body: dict, target: Target, routing_text: str) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        stream = bool(body.get("stream"))
+        attempts = [target.model] if target.model == self.state.base else [target.model, self.state.base]
+        last: tuple[int, bytes] | None = None
+        for i, model in enumerate(attempts):
+            if i:  # retry on the base model
+                target.fallback = "upstream-error"
+                self.state.metrics.fallbacks.labels(target.route or model, "upstream-error").inc()
+                target.model = model
+            payload = {**body, "model": model}
+            try:
+                if stream:
+                    resp = await self._open_stream(payload)
+                else:
+                    resp = await asyncio.wait_for(self._post(payload), self.state.cfg.gateway.timeouts.total)
+            except (httpx.TimeoutException, asyncio.TimeoutError):
+                return self._fail(request, target, request_id, started, 504, "upstream timed out", "upstream_timeout", routing_text)
+            except httpx.HTTPError as exc:
+                last = (503, f"upstream unavailable ({type(exc).__name__})".encode())
+                continue
+            if resp.status_code < 400 or not _retryable(resp.status_code, await self._peek(resp, stream)):
+                if stream and resp.status_code == 200:
+                    return self._relay(request, resp, target, request_id, started, routing_text)
+                return await self._finish(request, resp, target, request_id, started, stream, routing_text)
+            last = (resp.status_code, await self._peek(resp, stream))
+            if stream:
+                await resp.aclose()
+        status, detail = last or (503, b"upstream unavailable")
+        if status >= 500 and not detail.startswith(b"{"):
+            return self._fail(request, target, request_id, started, 503, detail.decode(errors="replace"), "upstream_unavailable",
+                              routing_text, retry_after=True)
+        return self._passthrough_error(request, target, request_id, started, status, detail, routing_text)
+
+    # ---- upstream calls -------------------------------------------------------------------------
+    async def _post(self, payload: dict) -> httpx.Response:
+        return await self.state.client.post(self.url, json=payload, headers=self.state.upstream_headers())
+
+    async def _open_stream(self, payload: dict) -> httpx.Response:
+        req = self.state.client.build_request("POST", self.url, json=payload, headers=self.state.upstream_headers())
+        return await self.state.client.send(req, stream=True)
+
+    @staticmethod
+    async def _peek(resp: httpx.Response, stream: bool) -> bytes:
+        if stream and not resp.is_stream_consumed:
+            await resp.aread()
+        return resp.content
+
+    # ---- responses ------------------------------------------------------------------------------
+    def _log(self, request: Request, target: Target, request_id: str, started: float, status: int, stream: bool,
+             routing_text: str, completion: str | None = None, error: str | None = None) -> None:
+        total = (time.perf_counter() - started) * 1000.0
+        route = target.route or target.model
+        self.state.metrics.requests.labels(self.endpoint, route, target.model, str(status)).inc()
+        extra = {"request_id": request_id, "method": request.method, "path": request.url.path, "status": status,
+                 "route": target.route, "model": target.model, "fallback": target.fallback, "confidence": target.confidence,
+                 "router_ms": target.router_ms, "total_ms": round(total, 2), "stream": stream}
+        if error:
+            extra["error"] = error
+        if self.state.cfg.gateway.log_content:
+            extra["prompt"] = routing_text
+            if completion is not None:
+                extra["completion"] = completion
+        log.info("request", extra=extra)
+
+    def _count_usage(self, route: str, usage: dict | None) -> None:
+        if isinstance(usage, dict):
+            for kind in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(kind), int):
+                    self.state.metrics.tokens.labels(route, kind.split("_")[0]).inc(usage[kind])
+
+    async def _finish(self, request, resp: httpx.Response, target, request_id, started, stream, routing_text) -> Response:
+        content = resp.content
+        route = target.route or target.model
+        self.state.metrics.upstream_s.labels(route).observe(time.perf_counter() - started)
+        completion = None
+        if resp.status_code == 200:
+            try:
+                doc = json.loads(content)
+                self._count_usage(route, doc.get("usage"))
+                if self.state.cfg.gateway.log_content:
+                    completion = json.dumps(doc.get("choices"))[:4000]
+            except ValueError:
+                pass
+        else:
+            self.state.metrics.errors.labels(route, f"upstream_{resp.status_code}").inc()
+        if target.fallback:
+            self.state.metrics.fallbacks.labels(route, target.fallback).inc()
+        self._log(request, target, request_id, started, resp.status_code, stream, routing_text, completion)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+        headers.update(result_headers(target, request_id))
+        return Response(content, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
+
+    def _relay(self, request, resp: httpx.Response, target, request_id, started, routing_text) -> StreamingResponse:
+        state, route = self.state, target.route or target.model
+        if target.fallback:
+            state.metrics.fallbacks.labels(route, target.fallback).inc()
+
+        async def body():
+            first = True
+            status = 200
+            try:
+                async for chunk in resp.aiter_raw():
+                    if first:
+                        state.metrics.ttft_s.labels(route).observe(time.perf_counter() - started)
+                        first = False
+                    if b'"usage":{' in chunk or b'"usage": {' in chunk:
+                        self._usage_from_sse(route, chunk)
+                    yield chunk
+            except httpx.HTTPError as exc:  # upstream died mid-stream: end the client's stream with an error event
+                status = 502
+                state.metrics.errors.labels(route, "stream_interrupted").inc()
+                err = error_body(502, f"upstream stream interrupted ({type(exc).__name__})", code="upstream_stream_error")
+                yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+            finally:
+                await resp.aclose()  # on client disconnect too: closing the connection aborts the vLLM request
+                state.metrics.upstream_s.labels(route).observe(time.perf_counter() - started)
+                self._log(request, target, request_id, started, status, True, routing_text)
+
+        headers = result_headers(target, request_id)
+        headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)
+
+    def _usage_from_sse(self, route: str, chunk: bytes) -> None:
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data: {") and b'"usage"' in line:
+                try:
+                    self._count_usage(route, json.loads(line[6:]).get("usage"))
+                except ValueError:
+                    pass
+
+    def _fail(self, request, target, request_id, started, status, message, code, routing_text, retry_after=False) -> Response:
+        route = target.route or target.model
+        self.state.metrics.errors.labels(route, code).inc()
+        self._log(request, target, request_id, started, status, False, routing_text, error=code)
+        headers = result_headers(target, request_id)
+        if retry_after:
+            headers["Retry-After"] = "5"
+        return error_response(status, message, code=code, headers=headers)
+
+    def _passthrough_error(self, request, target, request_id, started, status, detail: bytes, routing_text) -> Response:
+        route = target.route or target.model
+        self.state.metrics.errors.labels(route, f"upstream_{status}").inc()
+        self._log(request, target, request_id, started, status, False, routing_text, error=f"upstream_{status}")
+        try:
+            doc = json.loads(detail)
+            if not isinstance(doc, dict) or "error" not in doc:
+                raise ValueError
+        except ValueError:
+            doc = error_body(status, detail.decode(errors="replace")[:500])
+        return JSONResponse(doc, status_code=status, headers=result_headers(target, request_id))

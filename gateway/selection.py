@@ -1,0 +1,74 @@
+"""Which model answers a request: explicit model name, forced route header, or the router's decision."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from gateway.config import RouterConfig
+from gateway.errors import GatewayError
+from gateway.state import GatewayState, Target
+
+ROUTE_HEADER = "x-forgetless-route"
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # multimodal parts: route on the text parts only
+        return "\n".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def chat_routing_text(messages: list[dict], policy: RouterConfig) -> str:
+    users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    users = [u for u in users if u.strip()]
+    if policy.policy == "last_user":
+        return users[-1] if users else ""
+    system = [_text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+    return "\n".join([*system, *users[-policy.last_k:]]).strip()
+
+
+def completion_routing_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return prompt[0]
+    return ""  # token ids: nothing to read
+
+
+async def choose_target(state: GatewayState, requested: str, routing_text: str, forced_route: str | None) -> Target:
+    cfg = state.cfg.router
+    if forced_route is not None:
+        forced_route = forced_route.strip()
+        if state.router and forced_route in state.router.labels:
+            return Target(state.route_model(forced_route), route=forced_route, forced=True)
+        if forced_route in state.known_models():
+            return Target(forced_route, route=forced_route, forced=True)
+        choices = sorted({*(state.router.labels if state.router else []), *state.known_models()})
+        raise GatewayError(400, f"header {ROUTE_HEADER}: unknown route '{forced_route}' (routes: {', '.join(choices)})",
+                           param=ROUTE_HEADER, code="unknown_route")
+    if requested == cfg.virtual_model:
+        router = state.router
+        if router is None:
+            raise GatewayError(503, "router not loaded", code="router_unavailable", headers={"Retry-After": "5"})
+        if not routing_text.strip():
+            return Target(state.base, route=router.fallback, confidence=None, router_ms=0.0, fallback="no-text")
+        t = time.perf_counter()
+        decision = await run_in_threadpool(router.decide, routing_text)
+        ms = (time.perf_counter() - t) * 1000.0
+        state.metrics.router_ms.observe(ms)
+        model = state.route_model(decision.route)
+        fallback = None
+        if decision.route == router.fallback and decision.top and decision.top[0][0] != router.fallback:
+            fallback = "low-confidence"
+        elif model == state.base and decision.route != router.fallback:
+            fallback = "route-unavailable"
+        return Target(model, route=decision.route, confidence=decision.probability, router_ms=ms, fallback=fallback)
+    if requested in state.known_models():
+        return Target(requested)
+    raise GatewayError(
+        404, f"The model '{requested}' does not exist. Available: {', '.join([cfg.virtual_model, *state.known_models()])}",
+        param="model", code="model_not_found",
+    )

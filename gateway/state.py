@@ -1,0 +1,66 @@
+"""What a running gateway knows: config, router (hot-swappable), routing table, upstream client, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from classifier.routers.embedding import EmbeddingRouter
+from gateway.config import AdapterConfig, RoutesConfig, Secrets
+from gateway.observability import Metrics
+
+
+@dataclass
+class Target:
+    """Where one request goes and why."""
+
+    model: str  # upstream model name: the base's or an adapter's
+    route: str | None = None  # router route, when the router decided
+    confidence: float | None = None
+    router_ms: float | None = None
+    fallback: str | None = None  # why the base answers instead: "low-confidence", "route-unavailable", "upstream-error"
+    forced: bool = False
+
+
+class GatewayState:
+    def __init__(self, cfg: RoutesConfig, secrets: Secrets, router: EmbeddingRouter | None):
+        self.cfg, self.secrets, self.router = cfg, secrets, router
+        self.metrics = Metrics()
+        self.adapters: dict[str, AdapterConfig] = {a.name: a for a in cfg.adapters}
+        self.audit_table: dict[str, str] = load_table(cfg.router.table) if cfg.router.table else {}
+        self.quality: dict[str, dict[str, float]] = {}
+        self.client: httpx.AsyncClient | None = None
+        self.reload_lock = asyncio.Lock()
+
+    @property
+    def base(self) -> str:
+        return self.cfg.base.name
+
+    def known_models(self) -> list[str]:
+        return [self.base, *self.adapters]
+
+    def route_model(self, route: str) -> str:
+        """The model that serves a route: the audit table's choice, else the adapter of that name, else the base."""
+        model = self.audit_table.get(route)
+        if model in self.adapters or model == self.base:
+            return model
+        return route if route in self.adapters else self.base
+
+    def routing_table(self) -> dict[str, str]:
+        routes = self.router.labels if self.router else list(self.adapters)
+        return {r: self.route_model(r) for r in routes}
+
+    def upstream_headers(self) -> dict[str, str]:
+        key = self.secrets.upstream_key
+        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+
+def load_table(path: Path) -> dict[str, str]:
+    if not Path(path).is_file():
+        return {}
+    doc = json.loads(Path(path).read_text())
+    return {str(k): str(v) for k, v in doc.get("routes", doc).items() if isinstance(v, str)}

@@ -1,0 +1,71 @@
+"""Router library: save/load round trip, encoder identity check, corrupted files, thresholds, encoders agree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from classifier import EmbeddingRouter, InputError
+from classifier.encoders import build_encoder
+from classifier.thresholds import apply_thresholds, tune_thresholds
+
+
+def test_round_trip_gives_same_decisions(example_router):
+    r = EmbeddingRouter.load(example_router)
+    texts = ["Draft a non-compete clause", "what is the derivative of sin x", "tell me about your day"]
+    a = [d.as_dict() for d in r.decide_batch(texts)]
+    b = [r.decide(t).as_dict() for t in texts]
+    assert [x["route"] for x in a] == [x["route"] for x in b]
+    # int8 dynamic quantisation scales activations per batch, so batched and single scores differ slightly
+    np.testing.assert_allclose([x["probability"] for x in a], [x["probability"] for x in b], atol=0.05)
+
+
+def test_loading_with_another_encoder_fails_clearly(example_router):
+    st = build_encoder("sentence-transformers")
+    with pytest.raises(InputError, match="trained with encoder onnx-int8"):
+        EmbeddingRouter.load(example_router, encoder=st)
+
+
+def test_loading_with_different_weights_fails(example_router, tmp_path):
+    doc = json.loads((example_router / "router.json").read_text())
+    copy = tmp_path / "r"
+    shutil.copytree(example_router, copy)
+    doc["encoder"]["weights_sha256"] = "0" * 64
+    (copy / "router.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="weights_sha256"):
+        EmbeddingRouter.load(copy)
+
+
+@pytest.mark.parametrize("damage", ["router_json", "head_npz", "missing_head"])
+def test_corrupted_router_files(example_router, tmp_path, damage):
+    copy = tmp_path / "r"
+    shutil.copytree(example_router, copy)
+    if damage == "router_json":
+        (copy / "router.json").write_text("{not json")
+    elif damage == "head_npz":
+        (copy / "head.npz").write_bytes(b"garbage")
+    else:
+        (copy / "head.npz").unlink()
+    with pytest.raises(InputError):
+        EmbeddingRouter.load(copy)
+
+
+def test_threshold_rule_sends_unsure_requests_to_fallback():
+    labels = ["code", "general", "legal"]
+    proba = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.1, 0.8, 0.1]])
+    assert apply_thresholds(proba, labels, "general", {"code": 0.5, "legal": 0.5}) == ["code", "general", "general"]
+    y = ["code", "general", "general"]
+    th = tune_thresholds(proba, y, labels, "general")
+    assert apply_thresholds(proba, labels, "general", th) == y
+
+
+def test_onnx_encoders_match_sentence_transformers():
+    texts = ["How do I reverse a linked list?", "The patient presents with chest pain " * 20, "hi"]
+    ref = build_encoder("sentence-transformers").encode(texts)
+    fp32 = build_encoder("onnx").encode(texts)
+    int8 = build_encoder("onnx-int8").encode(texts)
+    assert np.all((fp32 * ref).sum(1) > 0.999)
+    assert np.all((int8 * ref).sum(1) > 0.95)

@@ -1,0 +1,106 @@
+"""The router's CLI contract: train / eval / predict / bench, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import EXAMPLES, run_cli
+
+
+def test_train_prints_validation_and_saves_inspectable_router(example_router):
+    doc = json.loads((example_router / "router.json").read_text())
+    assert doc["fallback"] == "general"
+    assert set(doc["labels"]) == {"legal", "medical", "code", "math", "finance", "general"}
+    assert set(doc["thresholds"]) == set(doc["labels"]) - {"general"}
+    assert doc["encoder"]["backend"] == "onnx-int8" and doc["encoder"]["dim"] == 384
+    assert len(doc["training"]["data_sha256"]) == 64
+    assert doc["validation"]["scheme"].startswith("held-out source families")
+    assert 0.5 < doc["validation"]["macro_f1"] <= 1.0
+    import numpy as np
+
+    with np.load(example_router / "head.npz", allow_pickle=False) as z:  # no pickles anywhere
+        assert z["weight"].shape == (6, 384)
+
+
+def test_eval_json_is_one_object_with_contract_keys(example_router):
+    r = run_cli("route", "eval", "--router", example_router, "--data", EXAMPLES, "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1
+    m = json.loads(lines[0])
+    for key in ("accuracy", "macro_f1", "per_label", "confusion", "fallback_rate"):
+        assert key in m
+    assert m["accuracy"] > 0.9  # in-sample on its own training set
+    assert sum(map(sum, m["confusion"]["matrix"])) == 144
+
+
+def test_predict_routes_obvious_prompts(example_router):
+    r = run_cli("route", "predict", "--router", example_router, "--json",
+                "My landlord refuses to return my deposit, can I take him to court?",
+                "Write a Python function that merges two dictionaries.",
+                "What is a good name for a cat?")
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [o["route"] for o in out] == ["legal", "code", "general"]
+    assert all(len(o["top"]) == 3 and 0 <= o["probability"] <= 1 for o in out)
+
+
+def test_bench_json_keys(example_router):
+    r = run_cli("route", "bench", "--router", example_router, "--json", "--n", "30")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    for key in ("p50_ms_short", "p99_ms_short", "p50_ms_long", "p99_ms_long", "throughput_per_s", "baseline_p50_ms_short"):
+        assert m[key] > 0
+    assert m["p50_ms_long"] > m["p50_ms_short"] * 0.8
+
+
+def test_every_command_has_help():
+    for cmd in ([], ["route"], ["route", "train"], ["route", "eval"], ["route", "predict"], ["route", "bench"],
+                ["adapters", "train"], ["base", "build"], ["serve"], ["demo"]):
+        r = run_cli(*cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, (cmd, r.stderr)
+
+
+def _write(tmp_path, name: str, content: bytes):
+    p = tmp_path / name
+    p.write_bytes(content)
+    return p
+
+
+GOOD = b'{"text": "a contract question", "label": "legal"}\n{"text": "hello", "label": "general"}\n'
+
+
+@pytest.mark.parametrize("content, expect", [
+    (b"", "file is empty"),
+    (b'{"text": "x", "label": "legal"}\n{"label": "general"}\n', ":2: missing field 'text'"),
+    (b'{"text": 3, "label": "legal"}\n', ":1: field 'text' must be a string"),
+    (b'{"text": "   ", "label": "legal"}\n', ":1: field 'text' is blank"),
+    (b'{"text": "a", "label": "general"}\n{"text": "b", "label": "general"}\n', "at least two labels"),
+    (b'{"text": "a", "label": "legal"}\n{"text": "b", "label": "code"}\n', "fallback route 'general' has no examples"),
+    (GOOD + b'{"text": "x", "label": \n', ":3: invalid JSON"),
+    (GOOD + b'{"text": "caf\xe9", "label": "legal"}\n', ":3: not valid UTF-8"),
+    (b'["not", "an", "object"]\n', ":1: expected a JSON object"),
+])
+def test_train_bad_input_is_one_line_exit_2(tmp_path, content, expect):
+    f = _write(tmp_path, "bad.jsonl", content)
+    r = run_cli("route", "train", "--data", f, "--out", tmp_path / "r")
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert str(f) in err and expect in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_unknown_label_and_missing_router(tmp_path, example_router):
+    f = _write(tmp_path, "e.jsonl", b'{"text": "x", "label": "astrology"}\n')
+    r = run_cli("route", "eval", "--router", example_router, "--data", f)
+    assert r.returncode == 2 and "astrology" in r.stderr and str(f) in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("route", "eval", "--router", tmp_path / "nope", "--data", f)
+    assert r.returncode == 2 and "router directory not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_data_file(tmp_path):
+    r = run_cli("route", "train", "--data", tmp_path / "none.jsonl", "--out", tmp_path / "r")
+    assert r.returncode == 2 and "no such file" in r.stderr
