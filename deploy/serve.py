@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -67,7 +68,14 @@ def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
                     time.sleep(0.2)
 
         threading.Thread(target=announce, daemon=True).start()
-        server.run()  # handles SIGINT/SIGTERM itself and returns after a graceful shutdown
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler that was
+        # installed before it started; make that one a no-op so the `finally` below still stops vLLM.
+        previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.run()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
     finally:
         if vllm is not None:
             log("stopping vLLM")

@@ -1,0 +1,1 @@
+"""Benchmarks behind `forgetless bench ...`; each writes Markdown (+ JSON, PNG) into benchmarks/results/."""

