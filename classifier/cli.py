@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from classifier.data import load_examples, load_training_examples
+from classifier.data import load_descriptions, load_examples, load_training_examples
 from classifier.encoders import DEFAULT_BACKEND, ENCODERS, build_encoder
 from classifier.errors import InputError, exit_on_input_error
 from classifier.routers.embedding import EmbeddingRouter
@@ -54,11 +54,15 @@ def train(
     fallback: Annotated[str, typer.Option("--fallback", help="Route that means 'the base model'.")] = "general",
     encoder: Annotated[str, typer.Option("--encoder", help=f"Encoder backend: {', '.join(ENCODERS)}.")] = DEFAULT_BACKEND,
     encoder_model: EncoderModel = None,
+    descriptions: Annotated[
+        Optional[Path], typer.Option("--descriptions", help="YAML/JSON mapping route -> one-line description (adds a zero-shot signal).")
+    ] = None,
 ):
     """Train a router from labelled JSONL and save it to --out."""
     ex = load_training_examples(data, fallback)
+    desc = load_descriptions(descriptions) if descriptions else None
     enc = build_encoder(encoder, encoder_model)
-    router = EmbeddingRouter.fit(ex, fallback, enc, progress=True, log=lambda s: err.print(s))
+    router = EmbeddingRouter.fit(ex, fallback, enc, progress=True, log=lambda s: err.print(s), descriptions=desc)
     router.save(out)
     val = router.meta["validation"]
     Console().print(metrics_table(val, f"validation ({val['scheme']})"))

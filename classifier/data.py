@@ -102,3 +102,19 @@ def source_family(source: str | None) -> str | None:
     s = source.split(":", 1)[0]
     dataset, _, subset = s.partition("/")
     return f"{dataset}/{subset.split('_', 1)[0]}" if subset else dataset
+
+
+def load_descriptions(path: str | Path) -> dict[str, str]:
+    """A YAML (or JSON) mapping of route name to a one-line description."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not valid YAML/JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
+        raise InputError(f"{p}: expected a mapping of route name to description text")
+    return doc

@@ -30,7 +30,11 @@ def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
     if not (path / "router.json").is_file() and cfg.router.train_data:
         log(f"training router from {cfg.router.train_data} into {path}")
         ex = load_training_examples(cfg.router.train_data, cfg.router.fallback)
-        EmbeddingRouter.fit(ex, cfg.router.fallback).save(path)
+        desc = {k: v for k, v in cfg.route_descriptions().items() if k in ex.label_set}
+        if set(desc) != set(ex.label_set):
+            log(f"routes without a description ({', '.join(sorted(set(ex.label_set) - set(desc)))}): training without the zero-shot signal")
+            desc = None
+        EmbeddingRouter.fit(ex, cfg.router.fallback, descriptions=desc).save(path)
     router = EmbeddingRouter.load(path)
     if router.fallback != cfg.router.fallback:
         raise InputError(f"{path}: router falls back to '{router.fallback}', routes.yaml says router.fallback '{cfg.router.fallback}'")

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from classifier.errors import exit_on_input_error
-from gateway.config import load_config
-
+from benchmarks.cli import app as bench_app
 from classifier.cli import app as route_app
+from classifier.errors import exit_on_input_error
 from deploy.cli import adapters_app, base_app
+from gateway.config import load_config
 
 app = typer.Typer(
     help="forgetless: one base model, one LoRA adapter per specialty, each request routed to the one that fits.",
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(route_app, name="route")
 app.add_typer(base_app, name="base")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(bench_app, name="bench")
 
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "routes.demo.yaml"

@@ -57,6 +57,9 @@ class RouterConfig(_Strict):
     decision: Literal["top1", "expected_quality"] = "top1"
     #: routing table written by `forgetless audit` (route -> model), optional
     table: Path | None = None
+    #: one-line descriptions of routes without an adapter (the fallback, say); adapters' own descriptions are
+    #: used for theirs. They add a zero-shot signal when the router is trained at start-up.
+    descriptions: dict[str, str] = {}
 
 
 class Timeouts(_Strict):
@@ -113,6 +116,9 @@ class RoutesConfig(_Strict):
     @property
     def upstream_url(self) -> str:
         return (self.vllm.url or f"http://{self.vllm.host}:{self.vllm.port}").rstrip("/")
+
+    def route_descriptions(self) -> dict[str, str]:
+        return {**{a.name: a.description for a in self.adapters if a.description}, **self.router.descriptions}
 
     @property
     def model_names(self) -> list[str]:

@@ -11,8 +11,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import REPO, run_cli
+
 from gateway.config import RoutesConfig, load_config
 
 DEPLOY = REPO / "deploy"

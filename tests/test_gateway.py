@@ -10,7 +10,6 @@ import shutil
 import httpx
 import openai
 import pytest
-
 from conftest import ThreadedGateway, free_port
 
 ROUTED = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,6 @@ import time
 import httpx
 import pytest
 import yaml
-
 from conftest import DEMO_CONFIG, REPO, free_port, run_cli
 
 ADAPTERS = ["legal", "medical", "code", "math", "finance"]

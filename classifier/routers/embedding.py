@@ -24,12 +24,12 @@ FORMAT_VERSION = 1
 ROUTER_FILE, HEAD_FILE = "router.json", "head.npz"
 
 
-def held_out_folds(ex: Examples, y: list[str]):
+def held_out_folds(ex: Examples, y: list[str], max_folds: int = 30):
     """Validation folds that hold out whole source families when sources are given, else stratified rows."""
     groups = [source_family(s) for s in ex.sources]
     if all(groups) and len(set(groups)) >= 3:
         n = len(set(groups))
-        splitter = LeaveOneGroupOut() if n <= 30 else GroupKFold(n_splits=10)
+        splitter = LeaveOneGroupOut() if n <= max_folds else GroupKFold(n_splits=max_folds)
         return list(splitter.split(np.zeros(len(y)), y, groups)), f"held-out source families ({n})"
     k = max(2, min(5, min(y.count(lab) for lab in set(y))))
     return list(StratifiedKFold(k, shuffle=True, random_state=0).split(np.zeros(len(y)), y)), f"stratified {k}-fold (no sources)"
@@ -47,21 +47,42 @@ class EmbeddingRouter(Router):
     # ---- training -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, ex: Examples, fallback: str = "general", encoder: Encoder | None = None,
-            progress: bool = False, log=lambda msg: None) -> "EmbeddingRouter":
+            progress: bool = False, log=lambda msg: None, descriptions: dict[str, str] | None = None) -> "EmbeddingRouter":
         encoder = encoder or build_encoder(DEFAULT_BACKEND)
-        labels = ex.label_set
         X = encoder.encode(ex.texts, progress=progress)
+        return cls.fit_embeddings(X, ex, fallback, encoder, log=log, descriptions=descriptions)
+
+    @classmethod
+    def fit_embeddings(cls, X: np.ndarray, ex: Examples, fallback: str, encoder: Encoder, log=lambda msg: None,
+                       max_folds: int = 30, descriptions: dict[str, str] | None = None) -> "EmbeddingRouter":
+        """Fit on precomputed embeddings `X` of `ex.texts` (benchmarks reuse one encoding across folds).
+
+        `descriptions` (route -> one line, for every route) adds the zero-shot part of the head.
+        """
+        labels = ex.label_set
+        descriptions = {k: v for k, v in (descriptions or {}).items() if v and v.strip()}
+        unknown = sorted(set(descriptions) - set(labels))
+        if unknown:
+            raise InputError(f"route descriptions name routes without training examples: {', '.join(unknown)}")
+        missing = sorted(set(labels) - set(descriptions)) if descriptions else []
+        if missing:  # a zero-shot vote among some routes only would pull every prompt towards those
+            raise InputError(f"route descriptions must cover every route; missing: {', '.join(missing)}")
+        protos = None
+        if descriptions:
+            protos = np.zeros((len(labels), X.shape[1]), dtype=np.float32)
+            names = [lab for lab in labels if lab in descriptions]
+            protos[[labels.index(n) for n in names]] = encoder.encode([descriptions[n] for n in names])
         y = list(ex.labels)
         y_idx = np.array([labels.index(v) for v in y])
-        folds, scheme = held_out_folds(ex, y)
+        folds, scheme = held_out_folds(ex, y, max_folds)
         log(f"validating on {len(folds)} folds: {scheme}")
         raw = np.zeros((len(y), len(labels)), dtype=np.float64)
         for train, test in folds:
             present = sorted({y[i] for i in train})
-            head = Head.fit(X[train], [y[i] for i in train], present)
-            p = head.raw_proba(X[test])
-            raw[np.ix_(test, [labels.index(lab) for lab in present])] = p
-        head = Head.fit(X, y, labels)
+            sub_protos = None if protos is None else protos[[labels.index(lab) for lab in present]]
+            head = Head.fit(X[train], [y[i] for i in train], present, prototypes=sub_protos)
+            raw[np.ix_(test, [labels.index(lab) for lab in present])] = head.raw_proba(X[test])
+        head = Head.fit(X, y, labels, prototypes=protos)
         head.fit_temperature(raw, y_idx)
         calibrated = temper(raw, head.temperature)
         thresholds = tune_thresholds(calibrated, y, labels, fallback)
@@ -75,10 +96,14 @@ class EmbeddingRouter(Router):
                 "data_sha256": ex.sha256,
                 "examples": len(y),
                 "label_counts": {lab: y.count(lab) for lab in labels},
+                "descriptions": descriptions,
             },
             "validation": validation,
         }
         return cls(encoder, head, fallback, thresholds, meta)
+
+    def decide_embeddings(self, X: np.ndarray) -> list[Decision]:
+        return self._decisions(self.head.proba(X))
 
     # ---- inference ------------------------------------------------------------------------------
     def _decisions(self, proba: np.ndarray) -> list[Decision]:
@@ -154,9 +179,12 @@ class EmbeddingRouter(Router):
         try:
             with np.load(head_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in ("weight", "bias", "memory", "memory_labels")}
+                arrays["prototypes"] = z["prototypes"] if "prototypes" in z.files else None
         except Exception as exc:  # corrupted zip, missing array, pickled content
             raise InputError(f"{head_path}: unreadable head arrays ({type(exc).__name__}: {exc})") from None
-        if arrays["weight"].shape[0] != len(labels) or fallback not in labels:
+        protos = arrays["prototypes"]
+        if arrays["weight"].shape[0] != len(labels) or fallback not in labels or (
+                protos is not None and protos.shape != arrays["weight"].shape):
             raise InputError(f"{path}: head arrays do not match the labels in {ROUTER_FILE}")
         encoder = encoder or build_encoder(ident.get("backend", ""), encoder_model)
         mine = encoder.identity()

