@@ -1,0 +1,86 @@
+"""Per-token negative log-likelihood of reference answers, computed by vLLM itself (prompt_logprobs).
+
+One request per item: the chat (prompt + reference answer) is tokenised with the base model's chat template,
+sent as token ids to /v1/completions with `prompt_logprobs=0` and `max_tokens=1`, and the log-probabilities
+of the answer's tokens are summed. The same token ids go to every model, so scores are comparable.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from classifier.errors import InputError
+
+
+@dataclass
+class Item:
+    prompt_ids: list[int]  # scored from position len(prompt_ids) on
+    full_ids: list[int]
+
+
+def chat_item(tok, messages: list[dict], max_tokens: int = 1024) -> Item:
+    """The last assistant message is the reference; everything before it is the prompt."""
+    prompt = list(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=False))
+    full = list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
+    if len(full) > max_tokens:  # keep the whole answer, cut the prompt from the left
+        cut = len(full) - max_tokens
+        prompt, full = prompt[cut:], full[cut:]
+    return Item(prompt, full)
+
+
+def text_item(tok, text: str, max_tokens: int = 1024) -> Item:
+    ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    return Item(ids[:1], ids)
+
+
+class NllScorer:
+    def __init__(self, url: str, tokenizer_dir: str | Path, headers: dict | None = None, workers: int = 8, max_tokens: int = 1024):
+        from transformers import AutoTokenizer
+
+        self.url = url.rstrip("/")
+        self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.client = httpx.Client(timeout=600, headers=headers or {})
+        self.workers, self.max_tokens = workers, max_tokens
+
+    def item(self, row: dict) -> Item:
+        if "messages" in row:
+            msgs = row["messages"]
+            if not msgs or msgs[-1].get("role") != "assistant":
+                raise InputError("eval item: the last message must be the assistant's reference answer")
+            return chat_item(self.tok, msgs, self.max_tokens)
+        if isinstance(row.get("text"), str):
+            return text_item(self.tok, row["text"], self.max_tokens)
+        raise InputError("eval item: needs 'messages' (chat) or 'text' (prose)")
+
+    def nll(self, model: str, item: Item) -> tuple[float, int]:
+        """(summed NLL, number of scored tokens) of item's answer under `model`."""
+        r = self.client.post(f"{self.url}/v1/completions", json={
+            "model": model, "prompt": item.full_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0})
+        if r.status_code != 200:
+            raise InputError(f"scoring with model '{model}' failed: HTTP {r.status_code} {r.text[:200]}")
+        plp = r.json()["choices"][0]["prompt_logprobs"]
+        total, n = 0.0, 0
+        for pos in range(max(len(item.prompt_ids), 1), len(item.full_ids)):
+            entry = plp[pos] or {}
+            tok = str(item.full_ids[pos])
+            lp = entry.get(tok)
+            if lp is None:
+                raise InputError(f"scoring with model '{model}': vLLM returned no logprob for token {tok} at {pos}")
+            total -= lp["logprob"] if isinstance(lp, dict) else float(lp)
+            n += 1
+        return total, n
+
+    def mean_nll(self, model: str, items: list[Item], progress=None) -> float:
+        """Token-weighted mean NLL over items (lower is better)."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            results = []
+            for res in pool.map(lambda it: self.nll(model, it), items):
+                results.append(res)
+                if progress:
+                    progress()
+        tokens = sum(n for _, n in results)
+        return sum(t for t, _ in results) / max(tokens, 1)
