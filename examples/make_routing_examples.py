@@ -1,6 +1,6 @@
 """Writes examples/routing.jsonl: forgetless's own small routing set (written by the project, no third-party text).
 
-Three styles per route, used as `source` so validation holds out a whole style at a time.
+Four styles per route, used as `source` so validation holds out a whole style at a time.
 Run: python examples/make_routing_examples.py
 """
 import json
@@ -8,6 +8,16 @@ from pathlib import Path
 
 EX = {
     "legal": {
+        "snippet": [
+            "The Receiving Party shall not disclose Confidential Information to any third party without prior written consent.",
+            "Section 12.3: Either party may terminate this Agreement upon thirty (30) days written notice.",
+            "Licensee shall indemnify and hold harmless Licensor from any claims arising out of Licensee's use of the Software.",
+            "This Agreement shall be governed by the laws of the State of Delaware.",
+            "Does this clause mean the supplier can raise prices without notice?",
+            "The tenant shall not sublet the premises without the landlord's written approval.",
+            "Is the limitation of liability in section 9 enforceable for gross negligence?",
+            "Neither party shall solicit the other party's employees for twelve months after termination.",
+        ],
         "question": [
             "Is a verbal agreement legally binding if nothing was signed?",
             "Can my landlord keep the security deposit for normal wear and tear?",
@@ -40,6 +50,16 @@ EX = {
         ],
     },
     "medical": {
+        "snippet": [
+            "Lab results: hemoglobin 9.1 g/dL, MCV 72 fL, ferritin 8 ng/mL. What does this suggest?",
+            "Patient on warfarin with INR of 4.8 and no bleeding, what is the next step?",
+            "ECG shows ST elevation in leads II, III and aVF.",
+            "Dosage of amoxicillin for a 20 kg child with otitis media?",
+            "HbA1c went from 6.2 to 7.9 in six months despite metformin.",
+            "Blood pressure 182/110 with headache and blurred vision.",
+            "TSH 8.5 mIU/L with normal free T4, should this be treated?",
+            "Creatinine rose from 1.0 to 2.3 after starting lisinopril.",
+        ],
         "question": [
             "What are the early warning signs of a stroke?",
             "How does metformin lower blood sugar in type 2 diabetes?",
@@ -72,6 +92,16 @@ EX = {
         ],
     },
     "code": {
+        "snippet": [
+            "def fibonacci(n):",
+            "SELECT customer_id, COUNT(*) FROM orders GROUP BY customer_id HAVING COUNT(*) > 5;",
+            "TypeError: 'NoneType' object is not subscriptable",
+            "for (int i = 0; i <= n; i++) { sum += arr[i]; }  // why does this crash?",
+            "git merge says CONFLICT (content): Merge conflict in main.py",
+            "const [state, setState] = useState([]); useEffect(() => fetchData(), [state]);",
+            "Write a SQL query that returns the top 3 products by revenue.",
+            "fn main() { let v = vec![1, 2, 3]; println!(\"{}\", v[5]); }",
+        ],
         "question": [
             "How do I reverse a linked list in Python without recursion?",
             "What is the difference between a process and a thread?",
@@ -104,6 +134,16 @@ EX = {
         ],
     },
     "math": {
+        "snippet": [
+            "2x^2 + 5x - 3 = 0",
+            "integrate x * e^x dx",
+            "A bag has 4 red and 6 blue balls; two are drawn without replacement. P(both red)?",
+            "d/dx (ln(x^2 + 1))",
+            "If f(x) = 3x - 4, find f^-1(x).",
+            "A car depreciates 15% per year from 20,000. Value after 3 years?",
+            "gcd(84, 126) = ?",
+            "The sum of three consecutive integers is 72. Find them.",
+        ],
         "question": [
             "What is the derivative of x squared times sine of x?",
             "How many ways can 5 people be seated around a round table?",
@@ -136,6 +176,16 @@ EX = {
         ],
     },
     "finance": {
+        "snippet": [
+            "Revenue 2023: 4.2M, 2022: 3.5M. COGS 2023: 2.9M, 2022: 2.1M. What was the change in gross margin?",
+            "Debit accounts receivable 5,000, credit revenue 5,000. Is this entry correct for a cash sale?",
+            "My card was charged twice for the same purchase.",
+            "Current assets 150,000; current liabilities 90,000. What is the working capital?",
+            "Bond with 5% coupon, 10 years to maturity, market rate 6%: is it priced at a discount?",
+            "Why is there a pending transaction of 1 dollar from a hotel on my account?",
+            "Net income 80,000, depreciation 20,000, increase in receivables 15,000. Operating cash flow?",
+            "How much tax do I owe on capital gains from selling shares held for two years?",
+        ],
         "question": [
             "What is the difference between a Roth IRA and a traditional IRA?",
             "How is free cash flow calculated from the cash flow statement?",
@@ -168,6 +218,16 @@ EX = {
         ],
     },
     "general": {
+        "snippet": [
+            "thanks, that was helpful!",
+            "good morning",
+            "Translate 'where is the train station' into French.",
+            "What time zone is Tokyo in?",
+            "Give me a fun fact about octopuses.",
+            "Who won the football World Cup in 2010?",
+            "Recommend a board game for four players.",
+            "What rhymes with orange?",
+        ],
         "question": [
             "Who wrote the novel Pride and Prejudice?",
             "What is the capital city of Australia?",

@@ -19,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples" / "routing.jsonl"
+DESCRIPTIONS = REPO / "examples" / "route_descriptions.yaml"
 DEMO_CONFIG = REPO / "deploy" / "routes.demo.yaml"
 CLI = [sys.executable, "-m", "gateway.cli"]
 
@@ -45,7 +46,7 @@ def shared() -> Path:
 def example_router(tmp_path_factory) -> Path:
     """A router trained by the real CLI on the repo's own example set."""
     out = tmp_path_factory.mktemp("routers") / "examples"
-    r = run_cli("route", "train", "--data", EXAMPLES, "--out", out)
+    r = run_cli("route", "train", "--data", EXAMPLES, "--out", out, "--descriptions", DESCRIPTIONS)
     assert r.returncode == 0, r.stderr
     return out
 

@@ -15,6 +15,7 @@ def test_train_prints_validation_and_saves_inspectable_router(example_router):
     assert set(doc["thresholds"]) == set(doc["labels"]) - {"general"}
     assert doc["encoder"]["backend"] == "onnx-int8" and doc["encoder"]["dim"] == 384
     assert len(doc["training"]["data_sha256"]) == 64
+    assert set(doc["training"]["descriptions"]) == set(doc["labels"])
     assert doc["validation"]["scheme"].startswith("held-out source families")
     assert 0.5 < doc["validation"]["macro_f1"] <= 1.0
     import numpy as np
@@ -32,7 +33,7 @@ def test_eval_json_is_one_object_with_contract_keys(example_router):
     for key in ("accuracy", "macro_f1", "per_label", "confusion", "fallback_rate"):
         assert key in m
     assert m["accuracy"] > 0.9  # in-sample on its own training set
-    assert sum(map(sum, m["confusion"]["matrix"])) == 144
+    assert sum(map(sum, m["confusion"]["matrix"])) == len(EXAMPLES.read_text().splitlines())
 
 
 def test_predict_routes_obvious_prompts(example_router):
@@ -103,3 +104,10 @@ def test_eval_unknown_label_and_missing_router(tmp_path, example_router):
 def test_missing_data_file(tmp_path):
     r = run_cli("route", "train", "--data", tmp_path / "none.jsonl", "--out", tmp_path / "r")
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_partial_descriptions_are_refused(tmp_path):
+    d = tmp_path / "d.yaml"
+    d.write_text("legal: Contracts and courts.\ngeneral: Small talk.\n")
+    r = run_cli("route", "train", "--data", EXAMPLES, "--out", tmp_path / "r", "--descriptions", d)
+    assert r.returncode == 2 and "missing: code, finance, math, medical" in r.stderr

@@ -94,9 +94,12 @@ def _config(tmp_path, mutate) -> os.PathLike:
     return p
 
 
-def _vllm_processes(port: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "vllm.entrypoints" in ln and f"--port {port}" in ln]
+def _vllm_processes(port: int) -> list[int]:
+    """PIDs listening on the vLLM port (vLLM renames its processes, so match the socket, not the name)."""
+    import psutil
+
+    return sorted({c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                   and c.status == psutil.CONN_LISTEN and c.pid})
 
 
 def _assert_refused(tmp_path, mutate, expect: str, env=None):
@@ -162,7 +165,7 @@ def test_serve_end_to_end_and_sigint_stops_everything(tmp_path, base_dir):
     gw = f"http://127.0.0.1:{doc['gateway']['port']}"
     try:
         deadline, seen = time.monotonic() + 600, ""
-        while time.monotonic() < deadline and "forgetless ready" not in seen:
+        while time.monotonic() < deadline and "Ctrl-C stops" not in seen:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, seen
             seen += line
@@ -171,10 +174,16 @@ def test_serve_end_to_end_and_sigint_stops_everything(tmp_path, base_dir):
             "model": "auto", "messages": [{"role": "user", "content": "Write a Python function that sorts a list."}],
             "max_tokens": 8, "temperature": 0})
         assert r.status_code == 200 and r.headers["x-forgetless-route"] == "code"
+        import psutil
+
         assert _vllm_processes(doc["vllm"]["port"])
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
         assert not _vllm_processes(doc["vllm"]["port"])
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [p.pid for p in alive]
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{gw}/health", timeout=2)
     finally:
