@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -50,6 +51,24 @@ def demo(config: Annotated[Path, typer.Option("--config", help="routes.yaml of t
     from deploy.serve import serve as run
 
     run(load_config(config))
+
+
+@app.command()
+@exit_on_input_error
+def audit(
+    config: Annotated[Path, typer.Option("--config", help="routes.yaml naming the base and adapters.")],
+    eval_dir: Annotated[Path, typer.Option("--eval", help="Directory with <route>/eval.jsonl and general/eval.jsonl.")],
+    out: Annotated[Path, typer.Option("--out", help="Where audit.json/.md/.png go.")] = Path("audit"),
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Items per eval set.")] = 20,
+    forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Max relative general NLL loss.")] = 0.05,
+    url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
+):
+    """Score base and adapters on every eval set; write the capability matrix and quality-gated routing table."""
+    from deploy.audit import run_audit
+
+    doc = run_audit(load_config(config), eval_dir, out, limit, forgetting_limit, url)
+    typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}")
+    typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
 
 
 if __name__ == "__main__":

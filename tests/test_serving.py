@@ -99,7 +99,7 @@ def _vllm_processes(port: int) -> list[int]:
     import psutil
 
     return sorted({c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
-                   and c.status == psutil.CONN_LISTEN and c.pid})
+                   and c.status == psutil.CONN_LISTEN and c.pid and c.pid != os.getpid()})
 
 
 def _assert_refused(tmp_path, mutate, expect: str, env=None):

@@ -1,0 +1,175 @@
+"""`forgetless audit`: score the base and every adapter on every domain's eval set and the general sets,
+report what each adapter gained and what it forgot, and write the quality-gated routing table.
+
+A route goes to the model with the lowest NLL on that route's eval set, provided it is the base or an adapter
+that is not flagged for forgetting (general NLL worse than base by more than `forgetting_limit`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from classifier.data import read_jsonl
+from classifier.errors import InputError
+
+GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
+
+
+@dataclass
+class Column:
+    name: str
+    path: Path
+    rows: list[dict]
+
+
+def eval_columns(eval_dir: Path, domains: list[str], limit: int) -> list[Column]:
+    eval_dir = Path(eval_dir)
+    if not eval_dir.is_dir():
+        raise InputError(f"{eval_dir}: eval directory not found")
+    cols = []
+    for d in domains:
+        p = eval_dir / d / "eval.jsonl"
+        if not p.is_file():
+            raise InputError(f"{eval_dir}: missing {d}/eval.jsonl for route '{d}'")
+        cols.append(p)
+    names = list(domains)
+    for name, rel in GENERAL_COLUMNS.items():
+        if (eval_dir / rel).is_file():
+            names.append(name)
+            cols.append(eval_dir / rel)
+    if not any(n in GENERAL_COLUMNS for n in names):
+        raise InputError(f"{eval_dir}: missing general/eval.jsonl (needed to measure forgetting)")
+    out = []
+    for name, p in zip(names, cols):
+        rows = [obj for _, obj in read_jsonl(p)[0]][:limit]
+        out.append(Column(name, p, rows))
+    return out
+
+
+def relative(a: float, base: float) -> float:
+    return (a - base) / base if base else 0.0
+
+
+def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
+                general_cols: list[str], limit: float) -> tuple[dict[str, str], dict[str, dict], list[str]]:
+    report, flagged = {}, []
+    for a in adapters:
+        forgetting = {c: relative(matrix[a][c], matrix[base][c]) for c in matrix[a]}
+        gain = -forgetting[a] if a in forgetting else None
+        worst_general = max((forgetting[c] for c in general_cols), default=0.0)
+        flag = worst_general > limit
+        if flag:
+            flagged.append(a)
+        report[a] = {"own_domain_gain": gain, "relative_nll_change": forgetting, "worst_general_loss": worst_general,
+                     "flagged": flag}
+    usable = [base] + [a for a in adapters if a not in flagged]
+    table = {}
+    for r in routes:
+        if r in matrix[base]:
+            table[r] = min(usable, key=lambda m: matrix[m][r])
+        else:
+            table[r] = base
+    return table, report, flagged
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = list(matrix)
+    rel = np.array([[relative(matrix[r][c], matrix[base][c]) * 100 for c in columns] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.5 * len(rows) + 1.5))
+    lim = max(5.0, float(np.abs(rel).max()))
+    ax.imshow(rel, cmap="RdYlGn_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            ax.text(j, i, f"{matrix[rows[i]][columns[j]]:.2f}\n{rel[i, j]:+.0f}%", ha="center", va="center", fontsize=7)
+    ax.set_title("NLL per model and eval set (colour: % change vs base; green = better)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
+              url: str | None = None, log=print) -> dict:
+    """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table."""
+    from rich.progress import Progress
+
+    from deploy.scoring import NllScorer
+    from deploy.serve import HOME, resolve_base
+    from deploy.vllm_server import VllmServer
+
+    adapters = [a.name for a in cfg.adapters]
+    if not adapters:
+        raise InputError(f"{cfg.source}: no adapters to audit")
+    routes = adapters
+    columns = eval_columns(eval_dir, routes, limit)
+    base_dir = resolve_base(cfg, log)
+    server = None
+    if url is None:
+        server = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-audit-{cfg.vllm.port}.log").start(log=log)
+        url = server.url
+    try:
+        scorer = NllScorer(url, base_dir)
+        items = {c.name: [scorer.item(r) for r in c.rows] for c in columns}
+        models = [cfg.base.name, *adapters]
+        matrix: dict[str, dict[str, float]] = {m: {} for m in models}
+        total = sum(len(v) for v in items.values()) * len(models)
+        with Progress() as bar:
+            task = bar.add_task(f"scoring {len(models)} models × {len(columns)} eval sets", total=total)
+            for m in models:
+                for c in columns:
+                    matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
+    finally:
+        if server is not None:
+            server.stop()
+    general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
+    table, report, flagged = build_table(matrix, cfg.base.name, adapters, routes, general_cols, forgetting_limit)
+    fallback = cfg.router.fallback
+    table.setdefault(fallback, cfg.base.name)
+    doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
+           "forgetting_limit": forgetting_limit, "matrix": matrix, "adapters": report, "flagged": flagged, "routes": table}
+    out_dir = Path(out_dir)
+    write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2) + "\n")
+    heatmap(matrix, cfg.base.name, doc["columns"], out_dir / "audit.png")
+    write_atomic(out_dir / "audit.md", markdown(doc))
+    table_path = cfg.router.table or out_dir / "routing_table.json"
+    write_atomic(Path(table_path), json.dumps({"routes": table, "flagged": flagged, "source": "forgetless audit"}, indent=2) + "\n")
+    doc["table_path"] = str(table_path)
+    return doc
+
+
+def markdown(doc: dict) -> str:
+    cols, base = doc["columns"], doc["base"]
+    lines = ["# Adapter audit", "", f"Metric: mean per-token NLL of reference answers (lower is better), "
+             f"{doc['items_per_column']} items per eval set; forgetting limit {doc['forgetting_limit']:.0%} on general sets.", "",
+             "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m, row in doc["matrix"].items():
+        cells = [f"{row[c]:.3f}" if m == base else f"{row[c]:.3f} ({(row[c] - doc['matrix'][base][c]) / doc['matrix'][base][c]:+.1%})"
+                 for c in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| adapter | gain on own domain | worst general loss | verdict |", "|---|---|---|---|"]
+    for a, r in doc["adapters"].items():
+        gain = "n/a" if r["own_domain_gain"] is None else f"{r['own_domain_gain']:+.1%}"
+        verdict = "flagged: forgets general ability" if r["flagged"] else (
+            "used" if doc["routes"].get(a) == a else "not used: does not beat the base on its domain")
+        lines.append(f"| {a} | {gain} | {r['worst_general_loss']:+.1%} | {verdict} |")
+    lines += ["", "Routing table: " + ", ".join(f"{r} → {m}" for r, m in doc["routes"].items()), "", "![heatmap](audit.png)", ""]
+    return "\n".join(lines)
