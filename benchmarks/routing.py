@@ -77,7 +77,11 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         met.update(p50_ms=float(np.median(times)), p99_ms=float(np.percentile(times, 99)),
                    coverage_accuracy=coverage_curve(correct, confs[M.name]))
         results[M.name] = met
+    from classifier.speed import measure
+
+    speed = measure(full["forgetless"].r, n=latency_n)
     report = {
+        "speed": speed,
         "command": "forgetless bench routing " + " ".join(f"--data {d}" for d in data),
         "validation": f"leave-one-source-family-out over {len(fams)} families",
         "encoder": encoder.identity(),
@@ -147,5 +151,17 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
     lines += ["", "Per-route F1:", "", "| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for name, m in report["methods"].items():
         lines.append(f"| {name} | " + " | ".join(f"{m['per_label_f1'][lab]:.3f}" for lab in labels) + " |")
+    sp = report["speed"]
+    lines += ["", f"## Decision speed of the forgetless router ({sp['encoder']}, cache bypassed)", "",
+              "Same run, same machine; the baseline is plain sentence-transformers `encode` of the same short prompt.", "",
+              "| measure | value |", "|---|---|",
+              f"| p50 short prompt (~15 tokens) | {sp['p50_ms_short']:.2f} ms |",
+              f"| p99 short prompt | {sp['p99_ms_short']:.2f} ms |",
+              f"| p50 long prompt (~200 tokens) | {sp['p50_ms_long']:.2f} ms |",
+              f"| p99 long prompt | {sp['p99_ms_long']:.2f} ms |",
+              f"| batched throughput, short prompts (batch {sp['batch_size']}) | {sp['throughput_per_s']:.0f} decisions/s |",
+              f"| batched throughput, half short, half long | {sp['throughput_mixed_per_s']:.0f} decisions/s |",
+              f"| baseline p50 short (sentence-transformers) | {sp['baseline_p50_ms_short']:.2f} ms |",
+              f"| ratio p50 short / baseline | {sp['ratio_to_baseline_short']:.2f} |", ""]
     lines += ["", "![confusion matrices](routing_confusion.png)", "", "![coverage vs accuracy](routing_coverage.png)", ""]
     return "\n".join(lines)

@@ -57,7 +57,9 @@ class Head:
 
     def raw_proba(self, X: np.ndarray) -> np.ndarray:
         p_lr = _softmax(X @ self.weight.T + self.bias)
-        sims = X @ self.memory.T.astype(np.float32)
+        if getattr(self, "_memory32", None) is None or self._memory32.shape != self.memory.shape[::-1]:
+            self._memory32 = np.ascontiguousarray(self.memory.T, dtype=np.float32)  # once, not per call
+        sims = X @ self._memory32
         k = min(self.k, sims.shape[1])
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         w = 1.0 / np.maximum(1.0 - np.take_along_axis(sims, top, axis=1), 1e-6)  # inverse cosine distance

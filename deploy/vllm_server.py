@@ -25,6 +25,16 @@ class VllmStartError(InputError):
     pass
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel send SIGTERM to vLLM if the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -93,7 +103,7 @@ class VllmServer:
         log(f"starting vLLM on {self.url} (log: {self.log_path})")
         self.proc = subprocess.Popen(
             vllm_command(self.cfg, self.base_dir), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=vllm_env(self.cfg, self.upstream_key), start_new_session=True,
+            env=vllm_env(self.cfg, self.upstream_key), start_new_session=True, preexec_fn=_die_with_parent,
         )
         fh.close()
         try:

@@ -147,11 +147,19 @@ class Proxy:
         if target.fallback:
             state.metrics.fallbacks.labels(route, target.fallback).inc()
 
+        total = state.cfg.gateway.timeouts.total
+
         async def body():
             first = True
             status = 200
             try:
                 async for chunk in resp.aiter_raw():
+                    if time.perf_counter() - started > total:  # the whole stream is over its time budget
+                        status = 504
+                        state.metrics.errors.labels(route, "upstream_timeout").inc()
+                        err = error_body(504, f"stream exceeded the {total:g} s total timeout", code="upstream_timeout")
+                        yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+                        return
                     if first:
                         state.metrics.ttft_s.labels(route).observe(time.perf_counter() - started)
                         first = False

@@ -8,7 +8,6 @@ import random
 
 import httpx
 import yaml
-
 from conftest import REPO, ThreadedGateway, free_port, run_cli
 
 

@@ -230,3 +230,55 @@ def test_api_keys(vllm, demo_cfg):
         assert OpenAI(base_url=f"{gw.url}/v1", api_key="k2", max_retries=0).models.list().data
         r = httpx.post(f"{gw.url}/admin/reload", headers={"Authorization": "Bearer k1"})
         assert r.status_code == 401 and "k1" not in r.text
+
+
+def _vllm_running(vllm_url: str) -> float:
+    for line in httpx.get(f"{vllm_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("vllm:num_requests_running"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("vllm:num_requests_running not in vLLM metrics")
+
+
+def test_client_disconnect_cancels_upstream_request(gateway, vllm):
+    import time
+
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=120, json={
+            "model": "auto", "stream": True, "max_tokens": 1500, "temperature": 1.0,
+            "ignore_eos": True, "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}]}) as r:
+        it = r.iter_raw()
+        next(it)
+        assert _vllm_running(vllm.url) >= 1
+    deadline = time.monotonic() + 20
+    while _vllm_running(vllm.url) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _vllm_running(vllm.url) == 0  # 1500 tokens would take over a minute; the request was aborted
+
+
+def test_timeouts_fire(vllm, demo_cfg):
+    from gateway.app import create_app
+    from gateway.config import Secrets
+
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.gateway.port = free_port()
+    cfg.gateway.timeouts.total = 0.5
+    cfg.gateway.timeouts.first_token = 0.5
+    with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
+        body = {"model": "auto", "max_tokens": 400, "ignore_eos": True,
+                "messages": [{"role": "user", "content": "Tell me a long story."}]}
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_stream_total_timeout_ends_with_error_event(vllm, demo_cfg):
+    from gateway.app import create_app
+    from gateway.config import Secrets
+
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.gateway.port = free_port()
+    cfg.gateway.timeouts.total = 1.0
+    with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", timeout=60, json={
+                "model": "auto", "stream": True, "max_tokens": 400, "ignore_eos": True,
+                "messages": [{"role": "user", "content": "Tell me a long story."}]}) as r:
+            text = "".join(r.iter_text())
+    assert '"code": "upstream_timeout"' in text and text.rstrip().endswith("data: [DONE]")

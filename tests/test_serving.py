@@ -189,3 +189,27 @@ def test_serve_end_to_end_and_sigint_stops_everything(tmp_path, base_dir):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_vllm_dies_with_a_killed_serve(tmp_path):
+    """Even a SIGKILLed `forgetless serve` (no chance to clean up) leaves no vLLM behind."""
+    cfg = _config(tmp_path, lambda d: None)
+    doc = yaml.safe_load(open(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline, seen = time.monotonic() + 600, ""
+        while time.monotonic() < deadline and "Ctrl-C stops" not in seen:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, seen
+            seen += line
+        assert _vllm_processes(doc["vllm"]["port"])
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 60
+        while _vllm_processes(doc["vllm"]["port"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _vllm_processes(doc["vllm"]["port"])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -93,6 +93,8 @@ class OnnxEncoder(Encoder):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting after a run: spinning ORT threads starve the numpy head and the event loop on 2 cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(self.onnx_path), so, providers=["CPUExecutionProvider"])
 
     @cached_property
