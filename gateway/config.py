@@ -53,8 +53,6 @@ class RouterConfig(_Strict):
     virtual_model: str = "auto"
     policy: Literal["last_user", "system_and_last_k"] = "last_user"
     last_k: int = Field(1, ge=1, le=32)
-    #: "top1": the most probable route; "expected_quality": argmax_model Σ p(route)·quality(model, route)
-    decision: Literal["top1", "expected_quality"] = "top1"
     #: routing table written by `forgetless audit` (route -> model), optional
     table: Path | None = None
     #: one-line descriptions of routes without an adapter (the fallback, say); adapters' own descriptions are

@@ -32,7 +32,6 @@ class GatewayState:
         self.metrics = Metrics()
         self.adapters: dict[str, AdapterConfig] = {a.name: a for a in cfg.adapters}
         self.audit_table: dict[str, str] = load_table(cfg.router.table) if cfg.router.table else {}
-        self.quality: dict[str, dict[str, float]] = {}
         self.client: httpx.AsyncClient | None = None
         self.reload_lock = asyncio.Lock()
 

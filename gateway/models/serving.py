@@ -11,7 +11,7 @@ def list_models(state: GatewayState) -> dict:
         "id": cfg.router.virtual_model, "object": "model", "created": _CREATED, "owned_by": "forgetless",
         "parent": None,
         "forgetless": {"kind": "router", "fallback": state.router.fallback if state.router else cfg.router.fallback,
-                       "decision": cfg.router.decision, "routes": state.routing_table(),
+                       "routes": state.routing_table(),
                        "audited": bool(state.audit_table)},
     }, {
         "id": state.base, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": None,
