@@ -66,5 +66,5 @@ def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: Embedd
     for r in (chat_router, completions_router, models_router, health_router, admin_router):
         app.include_router(r)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes, timeout=cfg.gateway.body_timeout)
     return app

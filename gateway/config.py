@@ -71,6 +71,8 @@ class GatewayConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     timeouts: Timeouts = Timeouts()
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    #: a request body must arrive completely within this many seconds (slow or never-finished bodies get 408)
+    body_timeout: float = Field(30.0, gt=0)
     log_content: bool = False
     max_connections: int = Field(256, ge=1)
 

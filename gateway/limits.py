@@ -1,15 +1,20 @@
-"""ASGI middleware: refuse request bodies over the configured size with 413, before reading them whole."""
+"""ASGI middleware: read each request body up front, within a size limit (413) and a time limit (408).
+
+Buffering is cheap at the gateway's 1 MiB default, and it answers an oversized or stalled body before any
+endpoint sees it, whether the client sent Content-Length or chunked encoding.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from gateway.errors import error_body
 
 
 class BodyLimit:
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float = 30.0):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -19,34 +24,40 @@ class BodyLimit:
                 try:
                     too_big = int(v) > self.max_bytes
                 except ValueError:
-                    return await self._reject(send, 400, "invalid Content-Length header")
+                    return await self._reject(send, 400, "invalid Content-Length header", "invalid_request")
                 if too_big:
-                    return await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit")
-        seen = 0
-        rejected = False
+                    return await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit", "request_too_large")
+        chunks, seen, more = [], 0, True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while more:
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                return await self._reject(send, 408, f"request body not received within {self.timeout:g} s", "request_timeout")
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit", "request_too_large")
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        replayed = False
 
-        async def limited_receive():
-            nonlocal seen, rejected
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    rejected = True
-                    raise _TooLarge()
-            return msg
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # later: disconnect notices while a response streams
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit")
+        await self.app(scope, replay, send)
 
     @staticmethod
-    async def _reject(send, status: int, message: str):
-        body = json.dumps(error_body(status, message, code="request_too_large" if status == 413 else "invalid_request")).encode()
+    async def _reject(send, status: int, message: str, code: str):
+        body = json.dumps(error_body(status, message, code=code)).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

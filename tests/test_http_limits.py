@@ -1,0 +1,49 @@
+"""Gateway front-door limits with no upstream running: body size and time limits, and a clean 503."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from conftest import ThreadedGateway, free_port
+
+
+@pytest.fixture(scope="module")
+def lone_gateway(example_router):
+    from gateway.app import create_app
+    from gateway.config import RouterConfig, RoutesConfig, Secrets
+
+    cfg = RoutesConfig(router=RouterConfig(path=example_router))
+    cfg.gateway.port, cfg.vllm.port, cfg.gateway.body_timeout = free_port(), free_port(), 2.0
+    with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), "127.0.0.1", cfg.gateway.port) as gw:
+        gw.port = cfg.gateway.port
+        yield gw
+
+
+def test_chunked_oversized_body_gets_413(lone_gateway):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 65536
+
+    r = httpx.post(f"{lone_gateway.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_never_finished_body_gets_408(lone_gateway):
+    with socket.create_connection(("127.0.0.1", lone_gateway.port), timeout=20) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"model\"")
+        t = time.monotonic()
+        head = s.recv(1000)
+    assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - t < 10
+
+
+def test_upstream_down_is_503_with_retry_after_and_not_ready(lone_gateway):
+    r = httpx.post(f"{lone_gateway.url}/v1/chat/completions",
+                   json={"model": "auto", "messages": [{"role": "user", "content": "hello"}]})
+    assert r.status_code == 503 and r.headers["retry-after"] and r.json()["error"]["code"] == "upstream_unavailable"
+    r = httpx.get(f"{lone_gateway.url}/ready")
+    assert r.status_code == 503 and r.json() == {"ready": False, "router": True, "upstream": False}
