@@ -157,6 +157,16 @@ def test_vllm_failing_to_start_names_its_log(tmp_path):
     assert "log: " in line
 
 
+def _wait_ready(proc: subprocess.Popen) -> str:
+    """Read `forgetless serve` output until its ready banner has been printed whole."""
+    deadline, seen = time.monotonic() + 600, ""
+    while time.monotonic() < deadline and "Ctrl-C stops" not in seen:
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, seen
+        seen += line
+    return seen
+
+
 def test_serve_end_to_end_and_sigint_stops_everything(tmp_path, base_dir):
     cfg = _config(tmp_path, lambda d: None)
     doc = yaml.safe_load(open(cfg))
@@ -164,11 +174,7 @@ def test_serve_end_to_end_and_sigint_stops_everything(tmp_path, base_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     gw = f"http://127.0.0.1:{doc['gateway']['port']}"
     try:
-        deadline, seen = time.monotonic() + 600, ""
-        while time.monotonic() < deadline and "Ctrl-C stops" not in seen:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, seen
-            seen += line
+        seen = _wait_ready(proc)
         assert "forgetless ready" in seen and "curl" in seen
         r = httpx.post(f"{gw}/v1/chat/completions", timeout=300, json={
             "model": "auto", "messages": [{"role": "user", "content": "Write a Python function that sorts a list."}],
@@ -198,11 +204,7 @@ def test_vllm_dies_with_a_killed_serve(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline, seen = time.monotonic() + 600, ""
-        while time.monotonic() < deadline and "Ctrl-C stops" not in seen:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, seen
-            seen += line
+        _wait_ready(proc)
         assert _vllm_processes(doc["vllm"]["port"])
         proc.kill()
         proc.wait(10)
