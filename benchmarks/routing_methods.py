@@ -35,7 +35,7 @@ class Forgetless:
 
     def decide(self, X):
         ds = self.r.decide_embeddings(X)
-        return [d.route for d in ds], np.array([d.probability if d.route == d.top[0][0] else 1 - d.probability for d in ds])
+        return [d.route for d in ds], np.array([d.route_confidence for d in ds])
 
 
 class _Sklearn:

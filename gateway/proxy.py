@@ -70,11 +70,12 @@ class Proxy:
             except httpx.HTTPError as exc:
                 last = (503, f"upstream unavailable ({type(exc).__name__})".encode())
                 continue
-            if resp.status_code < 400 or not _retryable(resp.status_code, await self._peek(resp, stream)):
+            detail = b"" if resp.status_code < 400 else await self._peek(resp, stream)
+            if resp.status_code < 400 or not _retryable(resp.status_code, detail):
                 if stream and resp.status_code == 200:
                     return self._relay(request, resp, target, request_id, started, routing_text)
                 return await self._finish(request, resp, target, request_id, started, stream, routing_text)
-            last = (resp.status_code, await self._peek(resp, stream))
+            last = (resp.status_code, detail)
             if stream:
                 await resp.aclose()
         status, detail = last or (503, b"upstream unavailable")

@@ -16,6 +16,11 @@ class Decision:
     top: list[tuple[str, float]] = field(default_factory=list)  # best routes first
     fallback: bool = False  # True when the request goes to the fallback route (the base model)
 
+    @property
+    def route_confidence(self) -> float:
+        """Probability that the chosen route is right (the fallback stands in for the top route when unsure)."""
+        return self.probability if self.top and self.route == self.top[0][0] else 1.0 - self.probability
+
     def as_dict(self) -> dict:
         return {
             "route": self.route,
@@ -44,5 +49,5 @@ class Router(ABC):
         decisions = self.decide_batch(texts)
         return routing_metrics(
             labels, [d.route for d in decisions], self.labels, self.fallback,
-            confidence=[d.probability if d.route == d.top[0][0] else 1.0 - d.probability for d in decisions],
+            confidence=[d.route_confidence for d in decisions],
         )
