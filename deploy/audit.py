@@ -15,6 +15,8 @@ from pathlib import Path
 
 from classifier.data import read_jsonl
 from classifier.errors import InputError
+from deploy.adapter_check import check_adapter
+from gateway.routing_table import RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
 
@@ -54,26 +56,48 @@ def relative(a: float, base: float) -> float:
     return (a - base) / base if base else 0.0
 
 
-def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
-                general_cols: list[str], limit: float) -> tuple[dict[str, str], dict[str, dict], list[str]]:
-    report, flagged = {}, []
+def forgetting_report(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], general_cols: list[str],
+                      limit: float) -> dict[str, dict]:
+    """Per adapter: gain on its own column, relative NLL change on every column, worst general loss, flag."""
+    report = {}
     for a in adapters:
-        forgetting = {c: relative(matrix[a][c], matrix[base][c]) for c in matrix[a]}
-        gain = -forgetting[a] if a in forgetting else None
-        worst_general = max((forgetting[c] for c in general_cols), default=0.0)
-        flag = worst_general > limit
-        if flag:
-            flagged.append(a)
-        report[a] = {"own_domain_gain": gain, "relative_nll_change": forgetting, "worst_general_loss": worst_general,
-                     "flagged": flag}
+        change = {c: relative(matrix[a][c], matrix[base][c]) for c in matrix[a]}
+        worst = max((change[c] for c in general_cols if c in change), default=0.0)
+        report[a] = {"own_domain_gain": -change[a] if a in change else None, "relative_nll_change": change,
+                     "worst_general_loss": worst, "flagged": worst > limit}
+    return report
+
+
+def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
+                general_cols: list[str], limit: float) -> tuple[RoutingTable, dict[str, dict]]:
+    """Each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval set;
+    `quality` keeps every usable model's relative gain over the base per route for expected-quality routing."""
+    report = forgetting_report(matrix, base, adapters, general_cols, limit)
+    flagged = [a for a in adapters if report[a]["flagged"]]
     usable = [base] + [a for a in adapters if a not in flagged]
-    table = {}
+    table = RoutingTable(flagged=flagged)
     for r in routes:
         if r in matrix[base]:
-            table[r] = min(usable, key=lambda m: matrix[m][r])
+            table.routes[r] = min(usable, key=lambda m: matrix[m][r])
+            table.quality[r] = {m: round(-relative(matrix[m][r], matrix[base][r]), 6) for m in usable}
         else:
-            table[r] = base
-    return table, report, flagged
+            table.routes[r] = base
+    return table, report
+
+
+def require_models(url: str, names: list[str], headers: dict | None = None) -> None:
+    """Fail with one line unless vLLM at `url` answers and serves every model in `names`."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers or {}, timeout=30)
+        r.raise_for_status()
+        served = {m["id"] for m in r.json()["data"]}
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise InputError(f"no vLLM answering at {url} ({type(exc).__name__}); start `forgetless serve` or pass --url") from None
+    missing = [n for n in names if n not in served]
+    if missing:
+        raise InputError(f"vLLM at {url} does not serve {', '.join(missing)} (served: {', '.join(sorted(served))})")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -122,11 +146,14 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     routes = adapters
     columns = eval_columns(eval_dir, routes, limit)
     base_dir = resolve_base(cfg, log)
+    for a in cfg.adapters:  # one line naming the adapter, before vLLM would fail on it with a traceback in its log
+        check_adapter(a.path, base_dir, cfg.vllm.max_lora_rank)
     server = None
     if url is None:
         server = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-audit-{cfg.vllm.port}.log").start(log=log)
         url = server.url
     try:
+        require_models(url, [cfg.base.name, *adapters])
         scorer = NllScorer(url, base_dir)
         items = {c.name: [scorer.item(r) for r in c.rows] for c in columns}
         models = [cfg.base.name, *adapters]
@@ -141,17 +168,18 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         if server is not None:
             server.stop()
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
-    table, report, flagged = build_table(matrix, cfg.base.name, adapters, routes, general_cols, forgetting_limit)
     fallback = cfg.router.fallback
-    table.setdefault(fallback, cfg.base.name)
+    table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit)
+    table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
-           "forgetting_limit": forgetting_limit, "matrix": matrix, "adapters": report, "flagged": flagged, "routes": table}
+           "forgetting_limit": forgetting_limit, "matrix": matrix, "adapters": report, "flagged": table.flagged,
+           "routes": table.routes, "quality": table.quality}
     out_dir = Path(out_dir)
     write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2) + "\n")
     heatmap(matrix, cfg.base.name, doc["columns"], out_dir / "audit.png")
     write_atomic(out_dir / "audit.md", markdown(doc))
     table_path = cfg.router.table or out_dir / "routing_table.json"
-    write_atomic(Path(table_path), json.dumps({"routes": table, "flagged": flagged, "source": "forgetless audit"}, indent=2) + "\n")
+    write_atomic(Path(table_path), table.to_json())
     doc["table_path"] = str(table_path)
     return doc
 

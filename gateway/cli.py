@@ -62,13 +62,51 @@ def audit(
     limit: Annotated[int, typer.Option("--limit", min=1, help="Items per eval set.")] = 20,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Max relative general NLL loss.")] = 0.05,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
+    candidate: Annotated[Optional[str], typer.Option(
+        "--candidate", help="NAME=PATH: load a new adapter into the running vLLM and adopt it only if it wins.")] = None,
+    route: Annotated[Optional[str], typer.Option("--route", help="The candidate's route (default: its NAME).")] = None,
+    gateway: Annotated[Optional[str], typer.Option(
+        "--gateway", help="Gateway URL to reload after adoption (admin key from FORGETLESS_ADMIN_KEY).")] = None,
 ):
-    """Score base and adapters on every eval set; write the capability matrix and quality-gated routing table."""
-    from deploy.audit import run_audit
+    """Score base and adapters on every eval set; write the capability matrix and quality-gated routing table.
 
-    doc = run_audit(load_config(config), eval_dir, out, limit, forgetting_limit, url)
-    typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}")
-    typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
+    With --candidate: audit one new adapter before adopting it (exit 1 when it is rejected)."""
+    cfg = load_config(config)
+    if candidate is None:
+        from deploy.audit import run_audit
+
+        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url)
+        typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}")
+        typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
+        return
+    from deploy.candidate import audit_candidate
+
+    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url)
+    name = verdict.report["candidate"]
+    if not verdict.adopted:
+        typer.echo(f"rejected '{name}': {verdict.reason}; unloaded from vLLM, routing table unchanged")
+        raise typer.Exit(1)
+    typer.echo(f"adopted '{name}' for route '{verdict.report['route']}': {verdict.reason}; wrote {cfg.router.table}")
+    if gateway:
+        _reload_gateway(gateway)
+
+
+def _reload_gateway(url: str) -> None:
+    import httpx
+
+    from gateway.config import Secrets
+
+    key = Secrets().admin_key
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    try:
+        r = httpx.post(f"{url.rstrip('/')}/admin/reload", headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        typer.echo(f"gateway at {url} not reachable ({type(exc).__name__}); it reads the table at its next reload or start", err=True)
+        raise typer.Exit(2) from None
+    if r.status_code != 200:
+        typer.echo(f"gateway at {url} refused the reload: HTTP {r.status_code} {r.text[:200]}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"gateway at {url} reloaded: routes {json.dumps(r.json().get('table', {}))}")
 
 
 if __name__ == "__main__":

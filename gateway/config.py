@@ -53,8 +53,12 @@ class RouterConfig(_Strict):
     virtual_model: str = "auto"
     policy: Literal["last_user", "system_and_last_k"] = "last_user"
     last_k: int = Field(1, ge=1, le=32)
-    #: routing table written by `forgetless audit` (route -> model), optional
+    #: routing table written by `forgetless audit` (route -> model, plus the capability matrix), optional
     table: Path | None = None
+    #: how a routed request picks its model: `top1` = the table's model for the most probable route (or the
+    #: fallback below that route's threshold); `expected_quality` = the model maximising
+    #: sum over routes of p(route | prompt) x quality(model, route) from the audit's capability matrix
+    selection: Literal["top1", "expected_quality"] = "top1"
     #: one-line descriptions of routes without an adapter (the fallback, say); adapters' own descriptions are
     #: used for theirs. They add a zero-shot signal when the router is trained at start-up.
     descriptions: dict[str, str] = {}
@@ -151,6 +155,24 @@ def _location(err: dict) -> str:
     return ".".join(str(x) for x in err.get("loc", ())) or "(top level)"
 
 
+def add_adopted_adapters(cfg: RoutesConfig) -> list[AdapterConfig]:
+    """Adapters admitted by `forgetless audit --candidate` live in the routing table; serve them too."""
+    from gateway.routing_table import RoutingTable
+
+    table = RoutingTable.load(cfg.router.table)
+    known = {a.name for a in cfg.adapters}
+    added = []
+    for name, entry in table.adopted.items():
+        if name in known:
+            continue
+        path = Path(entry["path"])
+        if not (path / "adapter_config.json").is_file():
+            raise InputError(f"{cfg.router.table}: adopted adapter '{name}': {path} is not an adapter directory")
+        added.append(AdapterConfig(name=name, path=path, description=str(entry.get("description", ""))))
+    cfg.adapters.extend(added)
+    return added
+
+
 def load_config(path: str | Path) -> RoutesConfig:
     path = Path(path)
     if not path.is_file():
@@ -180,6 +202,7 @@ def load_config(path: str | Path) -> RoutesConfig:
     cfg.router.table = _resolve(cfg.router.table, root)
     if not cfg.base.path.startswith("builtin:"):
         cfg.base.path = str(_resolve(Path(cfg.base.path), root))
+    add_adopted_adapters(cfg)
     secrets = Secrets()
     if secrets.gateway_port:
         cfg.gateway.port = secrets.gateway_port

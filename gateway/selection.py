@@ -59,12 +59,16 @@ async def choose_target(state: GatewayState, requested: str, routing_text: str, 
         decision = await run_in_threadpool(router.decide, routing_text)
         ms = (time.perf_counter() - t) * 1000.0
         state.metrics.router_ms.observe(ms)
+        if cfg.selection == "expected_quality" and state.table.quality:
+            model = state.table.expected_quality(decision.probs, set(state.known_models()), state.base)
+            fallback = "expected-quality" if model == state.base and decision.route != router.fallback else None
+            return Target(model, route=decision.route, confidence=decision.probability, router_ms=ms, fallback=fallback)
         model = state.route_model(decision.route)
         fallback = None
         if decision.route == router.fallback and decision.top and decision.top[0][0] != router.fallback:
             fallback = "low-confidence"
         elif model == state.base and decision.route != router.fallback:
-            fallback = "quality-gate" if state.audit_table.get(decision.route) == state.base else "route-unavailable"
+            fallback = "quality-gate" if state.table.routes.get(decision.route) == state.base else "route-unavailable"
         return Target(model, route=decision.route, confidence=decision.probability, router_ms=ms, fallback=fallback)
     if requested in state.known_models():
         return Target(requested)

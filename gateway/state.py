@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
 from classifier.routers.embedding import EmbeddingRouter
 from gateway.config import AdapterConfig, RoutesConfig, Secrets
 from gateway.observability import Metrics
+from gateway.routing_table import RoutingTable
 
 
 @dataclass
@@ -31,7 +30,8 @@ class GatewayState:
         self.cfg, self.secrets, self.router = cfg, secrets, router
         self.metrics = Metrics()
         self.adapters: dict[str, AdapterConfig] = {a.name: a for a in cfg.adapters}
-        self.audit_table: dict[str, str] = load_table(cfg.router.table) if cfg.router.table else {}
+        self.table = RoutingTable.load(cfg.router.table)
+        self.table.check_models(set(self.known_models()), cfg.router.table)
         self.client: httpx.AsyncClient | None = None
         self.reload_lock = asyncio.Lock()
 
@@ -44,7 +44,7 @@ class GatewayState:
 
     def route_model(self, route: str) -> str:
         """The model that serves a route: the audit table's choice, else the adapter of that name, else the base."""
-        model = self.audit_table.get(route)
+        model = self.table.routes.get(route)
         if model in self.adapters or model == self.base:
             return model
         return route if route in self.adapters else self.base
@@ -57,9 +57,3 @@ class GatewayState:
         key = self.secrets.upstream_key
         return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
-
-def load_table(path: Path) -> dict[str, str]:
-    if not Path(path).is_file():
-        return {}
-    doc = json.loads(Path(path).read_text())
-    return {str(k): str(v) for k, v in doc.get("routes", doc).items() if isinstance(v, str)}

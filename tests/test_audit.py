@@ -7,6 +7,7 @@ import json
 import random
 
 import httpx
+import pytest
 import yaml
 from conftest import REPO, ThreadedGateway, free_port, run_cli
 
@@ -16,19 +17,26 @@ def _head(src, dst, n):
     dst.write_text("".join(src.read_text().splitlines(keepends=True)[:n]))
 
 
-def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, tmp_path, example_router, base_dir):
-    # an adapter trained on finance questions paired with other questions' answers, hard enough to damage the base
+@pytest.fixture(scope="module")
+def bad_adapter(shared, tmp_path_factory, base_dir):
+    """An adapter trained on finance questions paired with other questions' answers, hard enough to damage the base."""
+    tmp = tmp_path_factory.mktemp("bad-adapter")
     rows = [json.loads(x) for x in (shared / "adapters" / "finance" / "train.jsonl").read_text().splitlines()[:200]]
     answers = [r["messages"][-1]["content"] for r in rows]
     random.Random(0).shuffle(answers)
-    bad_data = tmp_path / "mismatched.jsonl"
+    bad_data = tmp / "mismatched.jsonl"
     bad_data.write_text("".join(json.dumps({"messages": [r["messages"][0], {"role": "assistant", "content": a}]}) + "\n"
                                 for r, a in zip(rows, answers)))
-    bad = tmp_path / "finance-bad"
+    bad = tmp / "finance-bad"
     r = run_cli("adapters", "train", "--data", bad_data, "--out", bad, "--steps", "30", "--rank", "16", "--lr", "3e-3",
                 "--target", "all-linear", "--max-length", "128", "--base", base_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len((bad / "train_log.jsonl").read_text().splitlines()) == 30
+    return bad
+
+
+def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, tmp_path, example_router, bad_adapter):
+    bad = bad_adapter
 
     evals = tmp_path / "eval"
     for d in ("legal", "finance"):
@@ -76,6 +84,19 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
             assert r.headers["x-forgetless-model"] == chosen == r.json()["model"]
             if chosen == "smollm2":
                 assert r.headers["x-forgetless-fallback"] == "quality-gate"
+
+        # the same table under the expected-quality policy: the flagged adapter is still never chosen
+        cfg.router.selection = "expected_quality"
+        cfg.gateway.port = free_port()
+        with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
+            auto = httpx.get(f"{gw.url}/v1/models").json()["data"][0]
+            assert auto["forgetless"]["selection"] == "expected_quality" and auto["forgetless"]["flagged"] == ["finance"]
+            for text in ("How do I compute the current ratio from a balance sheet?",
+                         "Is a non-compete clause in an employment contract enforceable?"):
+                r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, json={
+                    "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
+                assert r.status_code == 200 and r.json()["model"] != "finance"
+                assert r.headers["x-forgetless-model"] == r.json()["model"]
     finally:
         httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "finance"}, timeout=60)
         httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "finance", "lora_path": good_finance}, timeout=60)
@@ -89,3 +110,116 @@ def test_audit_bad_input(tmp_path):
     r = run_cli("audit", "--config", cfg, "--eval", tmp_path / "eval", "--url", "http://127.0.0.1:9", "--out", tmp_path / "a")
     assert r.returncode == 2 and "missing legal/eval.jsonl" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "a").exists()  # nothing half-written
+
+
+def test_audit_adapter_that_cannot_load(vllm, shared, tmp_path, example_router):
+    evals = tmp_path / "eval"
+    for rel in ("legal/eval.jsonl", "general/eval.jsonl"):
+        _head(shared / "adapters" / rel, evals / rel, 3)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"r": 8}')  # no weights
+    for adapters, msg in [([{"name": "legal", "path": str(broken)}], "no adapter_model.safetensors"),
+                          ([{"name": "ghost", "path": str(REPO / "deploy" / "adapters" / "legal")}], "does not serve ghost")]:
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(yaml.safe_dump({"adapters": adapters, "router": {"path": str(example_router)}}))
+        if adapters[0]["name"] == "ghost":
+            (evals / "ghost").mkdir(exist_ok=True)
+            _head(shared / "adapters" / "legal" / "eval.jsonl", evals / "ghost" / "eval.jsonl", 3)
+        r = run_cli("audit", "--config", cfg, "--eval", evals, "--url", vllm.url, "--out", tmp_path / "a")
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert not (tmp_path / "a").exists()
+
+
+def _candidate_setup(tmp_path, shared, example_router, vllm):
+    evals = tmp_path / "eval"
+    for d in ("math", "finance"):
+        _head(shared / "adapters" / d / "eval.jsonl", evals / d / "eval.jsonl", 10)
+    _head(shared / "adapters" / "general" / "eval.jsonl", evals / "general" / "eval.jsonl", 10)
+    _head(shared / "adapters" / "general" / "chat.jsonl", evals / "general" / "chat.jsonl", 5)
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"routes": {"legal": "legal", "general": "smollm2"}}))
+    cfg_path = tmp_path / "routes.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "base": {"name": "smollm2"},
+        "adapters": [{"name": "legal", "path": str(REPO / "deploy" / "adapters" / "legal")}],
+        "router": {"path": str(example_router), "table": str(table)},
+        "gateway": {"port": free_port()},
+        "vllm": {"url": vllm.url, "max_lora_rank": 16},
+    }))
+    return evals, table, cfg_path
+
+
+def _served(vllm) -> set[str]:
+    return {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=30).json()["data"]}
+
+
+def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, example_router, bad_adapter):
+    evals, table, cfg_path = _candidate_setup(tmp_path, shared, example_router, vllm)
+    try:
+        # a broken finance adapter: rejected with the reason, unloaded again, table untouched
+        before = table.read_text()
+        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
+                    "--candidate", f"finance-v2={bad_adapter}", "--route", "finance")
+        assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+        assert "rejected 'finance-v2'" in r.stdout and ("forgets" in r.stdout or "does not beat" in r.stdout)
+        assert "finance-v2" not in _served(vllm) and table.read_text() == before
+        assert json.loads((tmp_path / "a" / "candidate-finance-v2.json").read_text())["adopted"] is False
+
+        # the demo math adapter beats the base on math without forgetting: adopted and kept loaded
+        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
+                    "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math")
+        assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+        assert "adopted 'math-v2' for route 'math'" in r.stdout and "math-v2" in _served(vllm)
+        doc = json.loads(table.read_text())
+        assert doc["routes"]["math"] == "math-v2" and doc["routes"]["legal"] == "legal"
+        assert doc["adopted"]["math-v2"]["route"] == "math" and doc["quality"]["math"]["math-v2"] > 0
+
+        # a gateway started afterwards serves the adopted adapter for the math route, under both policies
+        from gateway.app import create_app
+        from gateway.config import Secrets, load_config
+
+        for selection in ("top1", "expected_quality"):
+            cfg = load_config(cfg_path)
+            cfg.router.selection = selection
+            cfg.gateway.port = free_port()
+            with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
+                models = {m["id"]: m for m in httpx.get(f"{gw.url}/v1/models").json()["data"]}
+                assert models["math-v2"]["parent"] == "smollm2"
+                r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, json={
+                    "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content":
+                        "Solve for x: 3x + 7 = 22. Show the algebra step by step."}]})
+                assert r.status_code == 200 and r.headers["x-forgetless-route"] == "math"
+                assert r.json()["model"] == "math-v2" == r.headers["x-forgetless-model"], selection
+
+        # adopting the same name twice is refused in one line
+        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}")
+        assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        for name in ("math-v2", "finance-v2"):
+            httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+
+
+def test_candidate_bad_input(vllm, shared, tmp_path, example_router):
+    evals, table, cfg_path = _candidate_setup(tmp_path, shared, example_router, vllm)
+    before = table.read_text()
+    not_adapter = tmp_path / "empty"
+    not_adapter.mkdir()
+    cases = [
+        (["--candidate", f"x={not_adapter}", "--route", "math"], "not a peft adapter"),
+        (["--candidate", f"x={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "poetry"], "missing poetry/eval.jsonl"),
+        (["--candidate", "no-equals-sign"], "expected NAME=PATH"),
+        (["--candidate", f"x={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math", "--url", "http://127.0.0.1:9"],
+         "no vLLM answering at http://127.0.0.1:9"),
+        (["--candidate", f"legal={REPO / 'deploy' / 'adapters' / 'math'}"], "already used"),
+    ]
+    for args, msg in cases:
+        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--out", tmp_path / "a", *args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr[-1500:])
+        assert msg in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    assert table.read_text() == before and "x" not in _served(vllm)
+
+    # a routing table naming a model that is not served stops the gateway at start, in one line
+    table.write_text(json.dumps({"routes": {"legal": "ghost"}}))
+    r = run_cli("serve", "--config", cfg_path, "--no-vllm", timeout=120)
+    assert r.returncode == 2 and "'ghost', which is not served" in r.stderr and "Traceback" not in r.stderr

@@ -15,6 +15,7 @@ class Decision:
     probability: float  # calibrated probability of the route the classifier ranked first
     top: list[tuple[str, float]] = field(default_factory=list)  # best routes first
     fallback: bool = False  # True when the request goes to the fallback route (the base model)
+    probs: dict[str, float] = field(default_factory=dict)  # calibrated probability of every route
 
     @property
     def route_confidence(self) -> float:

@@ -112,7 +112,8 @@ class EmbeddingRouter(Router):
         for row, route in zip(proba, routes):
             order = np.argsort(-row)[:3]
             top = [(self.labels[i], float(row[i])) for i in order]
-            out.append(Decision(route, top[0][1], top, route == self.fallback))
+            probs = {lab: float(p) for lab, p in zip(self.labels, row)}
+            out.append(Decision(route, top[0][1], top, route == self.fallback, probs))
         return out
 
     def decide_batch(self, texts: Sequence[str]) -> list[Decision]:

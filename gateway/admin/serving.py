@@ -14,10 +14,12 @@ from deploy.adapter_check import check_adapter
 from gateway.admin.protocol import LoadAdapterRequest
 from gateway.config import AdapterConfig
 from gateway.errors import GatewayError
+from gateway.routing_table import RoutingTable
 from gateway.state import GatewayState
 
 
 async def reload_router(state: GatewayState, path: str | None) -> dict:
+    """Swap in the router at `path` (default: the configured one) and re-read the audit's routing table."""
     target = Path(path) if path else state.cfg.router.path
     async with state.reload_lock:
         old = state.router
@@ -27,8 +29,19 @@ async def reload_router(state: GatewayState, path: str | None) -> dict:
         except InputError as exc:
             raise GatewayError(400, f"reload failed, the previous router keeps serving: {exc}", param="path",
                                code="router_invalid") from None
-        state.router = new  # one assignment: requests already holding the old router finish with it
-    return {"reloaded": True, "path": str(target), "routes": new.labels, "fallback": new.fallback}
+        try:
+            table = RoutingTable.load(state.cfg.router.table)
+            adopted = {n: AdapterConfig(name=n, path=Path(e["path"]), description=str(e.get("description", "")))
+                       for n, e in table.adopted.items() if n not in state.adapters}
+            table.check_models({*state.known_models(), *adopted}, state.cfg.router.table)
+        except (InputError, ValueError) as exc:
+            raise GatewayError(400, f"reload failed, the previous router and table keep serving: {exc}",
+                               param="table", code="table_invalid") from None
+        # plain assignments: requests already holding the old router or table finish with them
+        state.router, state.table = new, table
+        state.adapters.update(adopted)
+    return {"reloaded": True, "path": str(target), "routes": new.labels, "fallback": new.fallback,
+            "table": state.routing_table()}
 
 
 def resolve_under_root(state: GatewayState, raw: str) -> Path:

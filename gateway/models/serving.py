@@ -12,7 +12,8 @@ def list_models(state: GatewayState) -> dict:
         "parent": None,
         "forgetless": {"kind": "router", "fallback": state.router.fallback if state.router else cfg.router.fallback,
                        "routes": state.routing_table(),
-                       "audited": bool(state.audit_table)},
+                       "audited": bool(state.table), "selection": cfg.router.selection,
+                       "flagged": state.table.flagged},
     }, {
         "id": state.base, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": None,
         "forgetless": {"kind": "base"},

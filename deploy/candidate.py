@@ -1,0 +1,106 @@
+"""`forgetless audit --candidate NAME=PATH`: audit before adopt.
+
+The candidate adapter is loaded into the running vLLM, scored against the base and the model that serves its
+route today (its route's eval set and the general sets), and admitted to the routing table only if it beats
+that model on its domain without losing more than the forgetting limit on any general set. Otherwise it is
+unloaded again and the reason is printed. The table is rewritten atomically; a running gateway picks it up
+on `POST /admin/reload`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from classifier.errors import InputError
+from deploy.adapter_check import check_adapter
+from deploy.audit import GENERAL_COLUMNS, eval_columns, relative, require_models, write_atomic
+from gateway.routing_table import RoutingTable
+
+
+@dataclass
+class Verdict:
+    adopted: bool
+    reason: str
+    report: dict
+
+
+def parse_candidate(spec: str) -> tuple[str, Path]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise InputError(f"--candidate '{spec}': expected NAME=PATH")
+    return name.strip(), Path(path.strip())
+
+
+def judge(matrix: dict[str, dict[str, float]], base: str, incumbent: str, cand: str, route: str,
+          general_cols: list[str], limit: float) -> tuple[bool, str]:
+    """Adopt when the candidate beats the incumbent on its route and forgets at most `limit` on general sets."""
+    losses = {c: relative(matrix[cand][c], matrix[base][c]) for c in general_cols}
+    worst_col = max(losses, key=losses.get)
+    own, inc = matrix[cand][route], matrix[incumbent][route]
+    if own >= inc:
+        return False, f"does not beat {incumbent} on {route} (NLL {own:.4f} vs {inc:.4f})"
+    if losses[worst_col] > limit:
+        return False, f"forgets: NLL on {worst_col} {losses[worst_col]:+.1%} vs base (limit {limit:.0%})"
+    return True, (f"beats {incumbent} on {route} (NLL {own:.4f} vs {inc:.4f}); worst general change "
+                  f"{losses[worst_col]:+.1%} on {worst_col}")
+
+
+def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | None = None, limit: int = 20,
+                    forgetting_limit: float = 0.05, url: str | None = None, log=print) -> Verdict:
+    from rich.progress import Progress
+
+    from deploy.scoring import NllScorer
+    from deploy.serve import resolve_base
+
+    name, path = parse_candidate(spec)
+    route = route or name
+    base = cfg.base.name
+    if name in {base, cfg.router.virtual_model, *(a.name for a in cfg.adapters)}:
+        raise InputError(f"--candidate '{name}': name already used by a configured model")
+    if cfg.router.table is None:
+        raise InputError(f"{cfg.source}: router.table is not set; the candidate needs a routing table to join")
+    table = RoutingTable.load(cfg.router.table)
+    if name in table.adopted:
+        raise InputError(f"--candidate '{name}': already adopted in {cfg.router.table}")
+    base_dir = resolve_base(cfg, log)
+    check_adapter(path, base_dir, cfg.vllm.max_lora_rank)
+    columns = eval_columns(eval_dir, [route], limit)
+    url = (url or cfg.upstream_url).rstrip("/")
+    incumbent = table.routes.get(route) or (route if route in {a.name for a in cfg.adapters} else base)
+    require_models(url, sorted({base, incumbent}))
+
+    r = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(Path(path).resolve())}, timeout=120)
+    if r.status_code != 200:
+        raise InputError(f"vLLM at {url} could not load adapter '{name}' from {path}: {r.text[:200]}")
+    adopted = False
+    try:
+        scorer = NllScorer(url, base_dir)
+        items = {c.name: [scorer.item(row) for row in c.rows] for c in columns}
+        models = list(dict.fromkeys([base, incumbent, name]))
+        matrix: dict[str, dict[str, float]] = {m: {} for m in models}
+        with Progress() as bar:
+            task = bar.add_task(f"scoring candidate '{name}'", total=sum(map(len, items.values())) * len(models))
+            for m in models:
+                for c in columns:
+                    matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
+        general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
+        adopted, reason = judge(matrix, base, incumbent, name, route, general_cols, forgetting_limit)
+        report = {"candidate": name, "path": str(path), "route": route, "incumbent": incumbent, "adopted": adopted,
+                  "reason": reason, "forgetting_limit": forgetting_limit, "items_per_column": limit, "matrix": matrix}
+        if adopted:
+            table = RoutingTable.load(cfg.router.table)  # re-read: keep whatever else changed meanwhile
+            table.routes[route] = name
+            for col in [route, *general_cols]:
+                if col in table.quality or col == route:
+                    table.quality.setdefault(col, {base: 0.0})[name] = round(-relative(matrix[name][col], matrix[base][col]), 6)
+            table.adopted[name] = {"path": str(Path(path).resolve()), "route": route}
+            write_atomic(Path(cfg.router.table), table.to_json())
+        write_atomic(Path(out_dir) / f"candidate-{name}.json", json.dumps(report, indent=2) + "\n")
+        return Verdict(adopted, reason, report)
+    finally:
+        if not adopted:
+            httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=120)

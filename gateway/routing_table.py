@@ -1,0 +1,81 @@
+"""The routing table `forgetless audit` writes and the gateway reads: which model serves each route, and how
+good every usable model is on every route (the capability matrix, as gain over the base).
+
+File format (JSON, written atomically):
+    {"routes":  {ROUTE: MODEL},                    # top-1 policy: the best usable model per route
+     "quality": {ROUTE: {MODEL: gain}},            # relative NLL gain over the base (base = 0, higher is better)
+     "flagged": [ADAPTER, ...],                    # adapters that forget too much; never chosen
+     "adopted": {ADAPTER: {"path": ..., "route": ...}}}   # adapters admitted by `audit --candidate`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from classifier.errors import InputError
+
+
+@dataclass
+class RoutingTable:
+    routes: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    flagged: list[str] = field(default_factory=list)
+    adopted: dict[str, dict] = field(default_factory=dict)
+    source: str = "forgetless audit"
+
+    def __bool__(self) -> bool:
+        return bool(self.routes)
+
+    @classmethod
+    def load(cls, path: Path | None) -> "RoutingTable":
+        """An absent file is an empty table (nothing audited yet); a damaged one is an error naming the file."""
+        if path is None or not Path(path).is_file():
+            return cls()
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: routing table is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("routes"), dict):
+            raise InputError(f"{path}: routing table needs a 'routes' object (route -> model)")
+        routes = doc["routes"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in routes.items()):
+            raise InputError(f"{path}: 'routes' must map route names to model names")
+        quality = doc.get("quality", {})
+        ok = isinstance(quality, dict) and all(
+            isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in quality.values())
+        if not ok:
+            raise InputError(f"{path}: 'quality' must map routes to {{model: number}}")
+        adopted = doc.get("adopted", {})
+        if not isinstance(adopted, dict) or not all(isinstance(v, dict) and isinstance(v.get("path"), str) for v in adopted.values()):
+            raise InputError(f"{path}: 'adopted' must map adapter names to {{\"path\": ...}}")
+        return cls(dict(routes), {r: {m: float(v) for m, v in row.items()} for r, row in quality.items()},
+                   [str(x) for x in doc.get("flagged", [])], adopted, str(doc.get("source", "forgetless audit")))
+
+    def check_models(self, known: set[str], where) -> None:
+        """Every route must go to a model that is served (base, configured or adopted adapter)."""
+        for route, model in self.routes.items():
+            if model not in known:
+                raise InputError(f"{where}: route '{route}' goes to '{model}', which is not served "
+                                 f"(models: {', '.join(sorted(known))})")
+
+    def to_json(self) -> str:
+        return json.dumps({"routes": self.routes, "quality": self.quality, "flagged": self.flagged,
+                           "adopted": self.adopted, "source": self.source}, indent=2) + "\n"
+
+    def expected_quality(self, probs: dict[str, float], available: set[str], base: str) -> str:
+        """argmax over usable models m of Σ_route p(route | prompt) × quality(m, route).
+
+        The base scores 0 on every route, so an adapter is chosen only when its expected gain is positive:
+        an adapter that wins its own domain but loses elsewhere is avoided when the router is unsure.
+        """
+        models = {m for row in self.quality.values() for m in row} & available
+        models.discard(base)
+        models -= set(self.flagged)
+        best, best_score = base, 0.0
+        for m in sorted(models):
+            score = sum(p * self.quality.get(r, {}).get(m, 0.0) for r, p in probs.items())
+            if score > best_score + 1e-12:
+                best, best_score = m, score
+        return best

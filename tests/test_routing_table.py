@@ -1,0 +1,81 @@
+"""The audit's routing table: quality-gated top-1 table, expected-quality choice, and damaged files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from classifier.errors import InputError
+from deploy.audit import build_table
+from deploy.candidate import judge, parse_candidate
+from gateway.routing_table import RoutingTable
+
+# NLL per model and eval set: `legal` wins its domain but forgets general; `math` wins and forgets nothing;
+# `finance` does not beat the base on finance.
+MATRIX = {
+    "base": {"legal": 2.0, "math": 1.0, "finance": 2.0, "general": 2.0},
+    "legal": {"legal": 1.5, "math": 1.1, "finance": 2.1, "general": 2.06},
+    "math": {"legal": 2.0, "math": 0.8, "finance": 2.0, "general": 2.01},
+    "finance": {"legal": 2.0, "math": 1.0, "finance": 2.05, "general": 2.0},
+}
+
+
+def _table(limit=0.05):
+    return build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"], ["general"], limit)
+
+
+def test_table_gates_on_measured_quality():
+    table, report = _table()
+    assert table.routes == {"legal": "legal", "math": "math", "finance": "base", "general": "base"}
+    assert report["legal"]["worst_general_loss"] == pytest.approx(0.03)
+    assert not table.flagged
+    strict, report = _table(limit=0.02)  # legal's 3 % general loss is now too much: its route goes to the base
+    assert strict.flagged == ["legal"] and strict.routes["legal"] == "base"
+    assert "legal" not in strict.quality["legal"]
+
+
+def test_expected_quality_prefers_base_when_unsure():
+    table, _ = _table()
+    models = {"base", "legal", "math", "finance"}
+    assert table.quality["legal"]["legal"] == pytest.approx(0.25)
+    # confident legal: the legal adapter
+    assert table.expected_quality({"legal": 0.95, "general": 0.05}, models, "base") == "legal"
+    # mostly general: 0.1 × 0.25 gain on legal < 0.9 × 0.03 loss on general → the base
+    assert table.expected_quality({"legal": 0.1, "general": 0.9}, models, "base") == "base"
+    # the math adapter helps math a lot and barely hurts general: chosen even at 40 %
+    assert table.expected_quality({"math": 0.4, "general": 0.6}, models, "base") == "math"
+    # a model that is not served is never chosen
+    assert table.expected_quality({"math": 0.9, "general": 0.1}, {"base", "legal"}, "base") == "base"
+
+
+def test_table_round_trip_and_damaged_files(tmp_path):
+    table, _ = _table()
+    p = tmp_path / "table.json"
+    p.write_text(table.to_json())
+    back = RoutingTable.load(p)
+    assert back.routes == table.routes and back.quality == table.quality
+    assert RoutingTable.load(tmp_path / "absent.json").routes == {}
+    for text, msg in [("{not json", "not valid JSON"), ('{"x": 1}', "needs a 'routes' object"),
+                      ('{"routes": {"a": 1}}', "map route names"), ('{"routes": {}, "quality": {"a": 3}}', "'quality'"),
+                      (b"\xff\xfe", "not valid JSON")]:
+        (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
+        with pytest.raises(InputError, match=msg) as exc:
+            RoutingTable.load(p)
+        assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+    p.write_text(json.dumps({"routes": {"legal": "ghost"}}))
+    with pytest.raises(InputError, match="'ghost', which is not served"):
+        RoutingTable.load(p).check_models({"base", "legal"}, p)
+
+
+def test_candidate_judgement():
+    m = {"base": {"math": 1.0, "general": 2.0}, "inc": {"math": 0.9, "general": 2.0},
+         "good": {"math": 0.8, "general": 2.02}, "forgets": {"math": 0.7, "general": 2.5}, "weak": {"math": 0.95, "general": 2.0}}
+    assert judge(m, "base", "inc", "good", "math", ["general"], 0.05)[0]
+    ok, why = judge(m, "base", "inc", "forgets", "math", ["general"], 0.05)
+    assert not ok and "forgets" in why and "+25.0%" in why
+    ok, why = judge(m, "base", "inc", "weak", "math", ["general"], 0.05)
+    assert not ok and "does not beat inc" in why
+    assert parse_candidate("x=/a/b") == ("x", __import__("pathlib").Path("/a/b"))
+    with pytest.raises(InputError, match="expected NAME=PATH"):
+        parse_candidate("just-a-path")
