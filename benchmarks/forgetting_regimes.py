@@ -59,7 +59,7 @@ class Regime:
 
 
 LIGHT = Regime("light", 8, ("q_proj", "v_proj"), 5e-4, 100, 256, committed=True)
-AGGRESSIVE = Regime("aggressive", 64, tuple(ALL_LINEAR), 2e-3, 60, 128)
+AGGRESSIVE = Regime("aggressive", 64, tuple(ALL_LINEAR), 2e-3, 40, 128)
 REGIMES = [LIGHT, AGGRESSIVE]
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -14,6 +17,7 @@ from rich.progress import Progress
 from benchmarks.routing_methods import METHODS
 from classifier.data import Examples, load_examples, source_family
 from classifier.encoders import DEFAULT_BACKEND, build_encoder
+from classifier.errors import InputError
 from classifier.metrics import routing_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -22,6 +26,32 @@ DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routi
 
 def _subset(ex: Examples, idx) -> Examples:
     return Examples([ex.texts[i] for i in idx], [ex.labels[i] for i in idx], [ex.sources[i] for i in idx], ex.sha256)
+
+
+PEER_PYTHON = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "semantic_router_peer.py"
+
+
+def peer_version() -> str | None:
+    if not PEER_PYTHON.is_file():
+        return None
+    r = subprocess.run([str(PEER_PYTHON), "-c", "from importlib.metadata import version; print(version('semantic-router'))"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() or None
+
+
+def run_peers(X: np.ndarray, ex: Examples, families: np.ndarray, fallback: str) -> dict:
+    """semantic-router, in its own virtualenv, on the same embeddings and folds; {} when it is not installed."""
+    if not PEER_PYTHON.is_file():
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "peer.npz"
+        np.savez(npz, X=X.astype(np.float32), texts=np.array(ex.texts), labels=np.array(ex.labels), families=families.astype(str))
+        r = subprocess.run([str(PEER_PYTHON), str(PEER_SCRIPT), str(npz), fallback], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if r.returncode != 0:
+        raise InputError(f"semantic-router peer failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1][:300] if r.stderr.strip() else 'no output'}")
+    return json.loads(r.stdout)
 
 
 def coverage_curve(correct: np.ndarray, conf: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
@@ -77,6 +107,22 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         met.update(p50_ms=float(np.median(times)), p99_ms=float(np.percentile(times, 99)),
                    coverage_accuracy=coverage_curve(correct, confs[M.name]))
         results[M.name] = met
+    enc_ms = []
+    for t in sample:
+        s = time.perf_counter()
+        encoder.encode_one(t)
+        enc_ms.append((time.perf_counter() - s) * 1000)
+    peers = run_peers(X, ex, families, fallback)
+    for name, d in peers.items():
+        y_pred = [p if p is not None else fallback for p in d["pred"]]
+        conf = np.array(d["conf"], dtype=float)
+        met = routing_metrics(ex.labels, y_pred, labels, fallback, confidence=conf)
+        correct = np.array(y_pred, dtype=object) == np.array(ex.labels, dtype=object)
+        q = np.array(d["query_ms"]) if d["query_ms"] else np.zeros(1)
+        # the peer gets precomputed vectors: its decision latency = its own query time + the shared encoder's time
+        met.update(p50_ms=float(np.median(q) + np.median(enc_ms)), p99_ms=float(np.percentile(q, 99) + np.percentile(enc_ms, 99)),
+                   coverage_accuracy=coverage_curve(correct, conf))
+        results[name] = met
     from classifier.speed import measure
 
     speed = measure(full["forgetless"].r, n=latency_n)
@@ -87,7 +133,8 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         "encoder": encoder.identity(),
         "examples": len(ex),
         "versions": {"python": platform.python_version(), "scikit-learn": version("scikit-learn"),
-                     "onnxruntime": version("onnxruntime"), "forgetless": version("forgetless")},
+                     "onnxruntime": version("onnxruntime"), "forgetless": version("forgetless"),
+                     "semantic-router": peer_version() or "not installed (make peers)"},
         "methods": {k: {key: v[key] for key in ("accuracy", "macro_f1", "fallback_precision", "fallback_recall", "ece", "p50_ms", "p99_ms")}
                     | {"per_label_f1": {lab: v["per_label"][lab]["f1"] for lab in labels}} for k, v in results.items()},
     }
@@ -141,7 +188,11 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
         f"Command: `{report['command']}`  ",
         f"Validation: {report['validation']} ({report['examples']} prompts); every method sees the same folds and the "
         f"same embeddings ({report['encoder']['backend']} {report['encoder']['model']}).  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "  ",
+        "semantic-router: an `IndexedRouter` (local index, top-5 mean) holding the training texts as utterances, on the "
+        "same vectors; its Platt calibrator and confidence threshold are fitted on training source families that are not "
+        "indexed (per route, its smallest family; a route with one family holds out every fourth row). `+general-route` "
+        "indexes the fallback as a route of its own. Its latency is its query time plus the shared encoder's.", "",
         "| method | accuracy | macro-F1 | fallback precision | fallback recall | ECE | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
