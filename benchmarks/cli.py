@@ -38,7 +38,7 @@ def routing(
 def overhead(
     config: Annotated[Path, typer.Option("--config", help="routes.yaml to serve (default: the demo).")] = Path("deploy/routes.demo.yaml"),
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 32,
-    waves: Annotated[int, typer.Option("--waves", min=1)] = 4,
+    waves: Annotated[int, typer.Option("--waves", min=1)] = 8,
     out: Annotated[Optional[Path], typer.Option("--out")] = None,
 ):
     """Latency the gateway adds in front of real vLLM, and its requests/s in front of an instant upstream."""
@@ -53,7 +53,7 @@ def overhead(
 @exit_on_input_error
 def forgetting(
     quick: Annotated[bool, typer.Option("--quick", help="4 items per column, cached/committed adapters only (~10 min).")] = False,
-    items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 40, quick 4).")] = None,
+    items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 24, quick 4).")] = None,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Audit's max general NLL loss.")] = 0.05,
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default benchmarks/results, quick: .../quick).")] = None,
 ):

@@ -158,8 +158,8 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     t0 = time.time()
     if not shared.is_dir():
         raise InputError(f"{shared}: shared data not found (the forgetting benchmark reads ../shared/data)")
-    n_report = n_report or (4 if quick else 40)
-    n_audit = n_audit or (3 if quick else 12)
+    n_report = n_report or (4 if quick else 24)
+    n_audit = n_audit or (3 if quick else 8)
     base_dir = build_base(DEFAULT_BASE_DIR, log=log)
     regimes = regimes or REGIMES
     run_regimes, skipped = [], {}
@@ -187,10 +187,13 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
         per_item: dict[str, list] = {}
         audit_scores: dict[str, list] = {}
         with Progress() as bar:
-            task = bar.add_task(f"scoring {len(models)} models × {len(rep) + len(aud)} items", total=len(models) * (len(rep) + len(aud)))
+            audited = [m for m in models if not m.endswith("-mixed")]  # the audit gates the routed adapters only
+            task = bar.add_task(f"scoring {len(models)} models × {len(rep)} items (+ audit items)",
+                                total=len(models) * len(rep) + len(audited) * len(aud))
             for m in models:
                 per_item[m] = [_scored(scorer, m, x, bar, task) for x in rep]
-                audit_scores[m] = [_scored(scorer, m, x, bar, task) for x in aud]
+                if m in audited:
+                    audit_scores[m] = [_scored(scorer, m, x, bar, task) for x in aud]
     finally:
         server.stop()
 
