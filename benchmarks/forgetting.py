@@ -115,7 +115,7 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     # the audit's columns are named after routes; adapters are named after their domain
     matrix = {m: {c: raw[m][c] for c in COLUMNS} for m in models}
     renamed = {BASE: matrix[BASE], **{d: matrix[model_name(regime, d)] for d in DOMAINS}}
-    table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit)
+    table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general")
     table.routes["general"] = BASE
     table.routes = {r: (m if m == BASE else model_name(regime, m)) for r, m in table.routes.items()}
     table.quality = {r: {(m if m == BASE else model_name(regime, m)): q for m, q in row.items()} for r, row in table.quality.items()}
@@ -148,18 +148,14 @@ def train_router(shared: Path, log=print):
 
 def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_report: int | None = None,
         n_audit: int | None = None, forgetting_limit: float = 0.05, regimes: list[Regime] | None = None, log=print) -> dict:
-    from rich.progress import Progress
 
     from deploy.base_model import DEFAULT_BASE_DIR, build_base
-    from deploy.scoring import NllScorer
-    from deploy.vllm_server import VllmServer
-    from gateway.config import AdapterConfig, RouterConfig, RoutesConfig, VllmConfig
 
     t0 = time.time()
     if not shared.is_dir():
         raise InputError(f"{shared}: shared data not found (the forgetting benchmark reads ../shared/data)")
     n_report = n_report or (4 if quick else 24)
-    n_audit = n_audit or (3 if quick else 8)
+    n_audit = n_audit or max(3, n_report // 2)
     base_dir = build_base(DEFAULT_BASE_DIR, log=log)
     regimes = regimes or REGIMES
     run_regimes, skipped = [], {}
@@ -173,39 +169,17 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     router = train_router(shared, log=log)
     decisions = router.decide_batch([it.text for it in report_items])
 
-    adapters = [AdapterConfig(name=model_name(rg.name, n), path=rg.adapter_dir(n)) for rg in run_regimes for n in [*DOMAINS, "mixed"]]
-    cfg = RoutesConfig(adapters=adapters, router=RouterConfig(path=Path("unused")), vllm=VllmConfig(
-        port=_free_port(), max_lora_rank=max(rg.rank for rg in run_regimes), max_loras=1, max_model_len=2048,
-        extra_args=["--max-cpu-loras", str(len(adapters))]))
-    models = [BASE, *(a.name for a in adapters)]
-    log_path = Path.home() / ".cache" / "forgetless" / "logs" / f"vllm-bench-forgetting-{cfg.vllm.port}.log"
-    server = VllmServer(cfg, base_dir, log_path).start(log=log)
-    try:
-        scorer = NllScorer(server.url, base_dir)
-        rep = [scorer.item(it.row) for it in report_items]
-        aud = [scorer.item(it.row) for it in audit_items]
-        per_item: dict[str, list] = {}
-        audit_scores: dict[str, list] = {}
-        with Progress() as bar:
-            audited = [m for m in models if not m.endswith("-mixed")]  # the audit gates the routed adapters only
-            task = bar.add_task(f"scoring {len(models)} models × {len(rep)} items (+ audit items)",
-                                total=len(models) * len(rep) + len(audited) * len(aud))
-            for m in models:
-                per_item[m] = [_scored(scorer, m, x, bar, task) for x in rep]
-                if m in audited:
-                    audit_scores[m] = [_scored(scorer, m, x, bar, task) for x in aud]
-    finally:
-        server.stop()
-
+    scores = score_all(run_regimes, base_dir, report_items, audit_items, log)
     doc = {"metric": "nll", "columns": COLUMNS, "rows": ["base", *(f"adapter:{d}" for d in DOMAINS), "mixed", *ROUTED_ROWS],
            "items_per_column": n_report, "audit_items_per_column": n_audit, "forgetting_limit": forgetting_limit,
            "quick": quick, "regimes": {}, "skipped_regimes": skipped}
     for rg in run_regimes:
+        per_item, audit_scores = scores[rg.name]
         table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit)
         ungated = {d: model_name(rg.name, d) for d in DOMAINS}
         res = assemble(rg.name, report_items, per_item, decisions, table, ungated)
         doc["regimes"][rg.name] = {
-            "description": rg.describe(), "train": {**rg.recipe(), "mixed_steps": rg.recipe(mixed=True)["steps"]},
+            "description": rg.describe(), "scorer": rg.scorer, "train": {**rg.recipe(), "mixed_steps": rg.recipe(mixed=True)["steps"]},
             "matrix": res["matrix"], "choices": res["choices"],
             "table": {"routes": {r: m.removeprefix(f"{rg.name}-") for r, m in table.routes.items()},
                       "flagged": [f.removeprefix(f"{rg.name}-") for f in table.flagged]},
@@ -225,9 +199,80 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     return doc
 
 
-def _scored(scorer, model: str, item, bar, task) -> tuple[float, int]:
-    out = scorer.nll(model, item)
-    bar.advance(task)
+def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],
+              log=print) -> dict[str, tuple[dict, dict]]:
+    """Per regime: (per-item scores of every model on the reported items, same on the audit items).
+
+    Regimes scored by vLLM share one server (its max LoRA rank is theirs); the base is scored once for them.
+    Regimes scored by peft run in-process, the base included, so every matrix is computed one way throughout.
+    """
+    from rich.progress import Progress
+
+    from deploy.scoring import NllScorer, PeftScorer
+    from deploy.vllm_server import VllmServer
+    from gateway.config import AdapterConfig, RouterConfig, RoutesConfig, VllmConfig
+
+    out: dict[str, tuple[dict, dict]] = {}
+    plan = []  # (regime or None for the shared vLLM base, model name, adapter dir)
+    for rg in regimes:
+        plan += [(rg, model_name(rg.name, n), rg.adapter_dir(n)) for n in [*DOMAINS, "mixed"]]
+    total = 0
+    for rg in regimes:
+        n_models = len(DOMAINS) + 1 + (1 if rg.scorer == "peft" else 0)
+        total += n_models * len(report_items) + (len(DOMAINS) + (1 if rg.scorer == "peft" else 0)) * len(audit_items)
+    vllm_regimes = [rg for rg in regimes if rg.scorer == "vllm"]
+    if vllm_regimes:
+        total += len(report_items) + len(audit_items)
+    with Progress() as bar:
+        task = bar.add_task(f"scoring {len(report_items)} items (+{len(audit_items)} audit) per model", total=total)
+
+        def run_model(nll, with_audit: bool):
+            rep = []
+            for it in report_items:
+                rep.append(nll(it))
+                bar.advance(task)
+            aud = []
+            for it in (audit_items if with_audit else []):
+                aud.append(nll(it))
+                bar.advance(task)
+            return rep, aud
+
+        if vllm_regimes:
+            adapters = [AdapterConfig(name=m, path=d) for rg, m, d in plan if rg.scorer == "vllm"]
+            cfg = RoutesConfig(adapters=adapters, router=RouterConfig(path=Path("unused")), vllm=VllmConfig(
+                port=_free_port(), max_lora_rank=max(rg.rank for rg in vllm_regimes), max_loras=1, max_model_len=2048,
+                extra_args=["--max-cpu-loras", str(len(adapters))]))
+            log_path = Path.home() / ".cache" / "forgetless" / "logs" / f"vllm-bench-forgetting-{cfg.vllm.port}.log"
+            server = VllmServer(cfg, base_dir, log_path).start(log=log)
+            try:
+                scorer = NllScorer(server.url, base_dir)
+                items = {id(it): scorer.item(it.row) for it in [*report_items, *audit_items]}
+                base = run_model(lambda it: scorer.nll(BASE, items[id(it)]), True)
+                for rg in vllm_regimes:
+                    per_item, audit = {BASE: base[0]}, {BASE: base[1]}
+                    for r2, m, _ in plan:
+                        if r2 is rg:
+                            per_item[m], audit[m] = run_model(lambda it, m=m: scorer.nll(m, items[id(it)]), not m.endswith("-mixed"))
+                    out[rg.name] = (per_item, audit)
+            finally:
+                server.stop()
+        peft_regimes = [rg for rg in regimes if rg.scorer == "peft"]
+        if peft_regimes:
+            scorer = PeftScorer(base_dir)
+            tok = NllScorer.__new__(NllScorer)  # only its item() tokenisation is needed here
+            from transformers import AutoTokenizer
+
+            tok.tok, tok.max_tokens = AutoTokenizer.from_pretrained(str(base_dir)), 1024
+            items = {id(it): tok.item(it.row) for it in [*report_items, *audit_items]}
+            for rg in peft_regimes:
+                scorer.use(None)
+                per_item, audit = {}, {}
+                per_item[BASE], audit[BASE] = run_model(lambda it: scorer.nll(items[id(it)]), True)
+                for r2, m, d in plan:
+                    if r2 is rg:
+                        scorer.use(d)
+                        per_item[m], audit[m] = run_model(lambda it: scorer.nll(items[id(it)]), not m.endswith("-mixed"))
+                out[rg.name] = (per_item, audit)
     return out
 
 

@@ -69,17 +69,21 @@ def forgetting_report(matrix: dict[str, dict[str, float]], base: str, adapters: 
 
 
 def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
-                general_cols: list[str], limit: float) -> tuple[RoutingTable, dict[str, dict]]:
-    """Each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval set;
-    `quality` keeps every usable model's relative gain over the base per route for expected-quality routing."""
+                general_cols: list[str], limit: float, fallback: str | None = None) -> tuple[RoutingTable, dict[str, dict]]:
+    """Top-1 table: each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval
+    set. `quality` keeps every model's relative gain over the base per route (flagged adapters too: their losses
+    are in it) for expected-quality routing; the fallback route's quality is the mean over all general sets, since
+    every kind of general request lands there."""
     report = forgetting_report(matrix, base, adapters, general_cols, limit)
     flagged = [a for a in adapters if report[a]["flagged"]]
     usable = [base] + [a for a in adapters if a not in flagged]
     table = RoutingTable(flagged=flagged)
     for r in routes:
-        if r in matrix[base]:
-            table.routes[r] = min(usable, key=lambda m: matrix[m][r])
-            table.quality[r] = {m: round(-relative(matrix[m][r], matrix[base][r]), 6) for m in usable}
+        cols = [c for c in general_cols if c in matrix[base]] if r == fallback else [r]
+        if cols and all(c in matrix[base] for c in cols):
+            gain = {m: -sum(relative(matrix[m][c], matrix[base][c]) for c in cols) / len(cols) for m in [base, *adapters]}
+            table.routes[r] = max(usable, key=lambda m: gain[m])
+            table.quality[r] = {m: round(g, 6) for m, g in gain.items()}
         else:
             table.routes[r] = base
     return table, report
@@ -169,7 +173,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
             server.stop()
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
     fallback = cfg.router.fallback
-    table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit)
+    table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback)
     table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
            "forgetting_limit": forgetting_limit, "matrix": matrix, "adapters": report, "flagged": table.flagged,

@@ -68,11 +68,12 @@ class RoutingTable:
         """argmax over usable models m of Σ_route p(route | prompt) × quality(m, route).
 
         The base scores 0 on every route, so an adapter is chosen only when its expected gain is positive:
-        an adapter that wins its own domain but loses elsewhere is avoided when the router is unsure.
+        an adapter that wins its own domain but loses elsewhere is avoided when the router is unsure. Flagged
+        adapters stay candidates here: their measured losses are in `quality`, so they are used only where the
+        router is sure enough of their domain for the gain to outweigh the forgetting.
         """
         models = {m for row in self.quality.values() for m in row} & available
         models.discard(base)
-        models -= set(self.flagged)
         best, best_score = base, 0.0
         for m in sorted(models):
             score = sum(p * self.quality.get(r, {}).get(m, 0.0) for r, p in probs.items())

@@ -85,18 +85,28 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
             if chosen == "smollm2":
                 assert r.headers["x-forgetless-fallback"] == "quality-gate"
 
-        # the same table under the expected-quality policy: the flagged adapter is still never chosen
+        # the same table under the expected-quality policy: the gateway picks what the policy computes from the
+        # router's probabilities, and a general question never lands on the adapter that forgets general ability
+        from classifier.routers.embedding import EmbeddingRouter
+        from gateway.routing_table import RoutingTable
+
         cfg.router.selection = "expected_quality"
         cfg.gateway.port = free_port()
+        local = EmbeddingRouter.load(example_router)
+        tbl = RoutingTable.load(table)
+        assert tbl.quality["general"]["finance"] < 0  # its forgetting is in the capability matrix
         with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
             auto = httpx.get(f"{gw.url}/v1/models").json()["data"][0]
             assert auto["forgetless"]["selection"] == "expected_quality" and auto["forgetless"]["flagged"] == ["finance"]
             for text in ("How do I compute the current ratio from a balance sheet?",
-                         "Is a non-compete clause in an employment contract enforceable?"):
+                         "Is a non-compete clause in an employment contract enforceable?",
+                         "What is the capital of France, and what river runs through it?"):
                 r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, json={
                     "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
-                assert r.status_code == 200 and r.json()["model"] != "finance"
-                assert r.headers["x-forgetless-model"] == r.json()["model"]
+                want = tbl.expected_quality(local.decide(text).probs, {"smollm2", "legal", "finance"}, "smollm2")
+                assert r.status_code == 200 and r.json()["model"] == want == r.headers["x-forgetless-model"], text
+                if "France" in text:
+                    assert want != "finance"
     finally:
         httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "finance"}, timeout=60)
         httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "finance", "lora_path": good_finance}, timeout=60)

@@ -22,7 +22,8 @@ MATRIX = {
 
 
 def _table(limit=0.05):
-    return build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"], ["general"], limit)
+    return build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"], ["general"], limit,
+                       fallback="general")
 
 
 def test_table_gates_on_measured_quality():
@@ -32,7 +33,10 @@ def test_table_gates_on_measured_quality():
     assert not table.flagged
     strict, report = _table(limit=0.02)  # legal's 3 % general loss is now too much: its route goes to the base
     assert strict.flagged == ["legal"] and strict.routes["legal"] == "base"
-    assert "legal" not in strict.quality["legal"]
+    # expected quality still knows legal's gain and its loss: used only when the router is sure of legal
+    assert strict.quality["legal"]["legal"] == pytest.approx(0.25)
+    assert strict.expected_quality({"legal": 0.95, "general": 0.05}, {"base", "legal"}, "base") == "legal"
+    assert strict.expected_quality({"legal": 0.1, "general": 0.9}, {"base", "legal"}, "base") == "base"
 
 
 def test_expected_quality_prefers_base_when_unsure():
