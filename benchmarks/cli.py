@@ -78,7 +78,7 @@ def reliability(
     config: Annotated[Path, typer.Option("--config", help="routes.yaml to serve (default: the demo).")] = Path("deploy/routes.demo.yaml"),
     requests: Annotated[int, typer.Option("--requests", min=1)] = 2000,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 64,
-    fuzz_cases: Annotated[int, typer.Option("--fuzz-cases", min=2, help="Generated cases per API operation.")] = 200,
+    fuzz_cases: Annotated[int, typer.Option("--fuzz-cases", min=2, help="Generated cases per API operation.")] = 240,
     out: Annotated[Optional[Path], typer.Option("--out")] = None,
 ):
     """Load through the gateway, fault drills (vLLM killed and restarted, timeouts, disconnects), schema fuzzing."""

@@ -79,7 +79,7 @@ def run_faults(config: Path, vllm, router_dir: Path, work: Path) -> list[dict]:
 
 
 def run(config: Path = REPO / "deploy" / "routes.demo.yaml", requests: int = 2000, concurrency: int = 64,
-        fuzz_cases_per_operation: int = 200, out_dir: Path = RESULTS, log=print) -> dict:
+        fuzz_cases_per_operation: int = 240, out_dir: Path = RESULTS, log=print) -> dict:
     from deploy.serve import resolve_base
     from deploy.vllm_server import VllmServer
     from gateway.app import load_or_train_router
