@@ -94,9 +94,10 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
         if adopted:
             table = RoutingTable.load(cfg.router.table)  # re-read: keep whatever else changed meanwhile
             table.routes[route] = name
-            for col in [route, *general_cols]:
-                if col in table.quality or col == route:
-                    table.quality.setdefault(col, {base: 0.0})[name] = round(-relative(matrix[name][col], matrix[base][col]), 6)
+            gain = lambda col: -relative(matrix[name][col], matrix[base][col])  # noqa: E731
+            table.quality.setdefault(route, {base: 0.0})[name] = round(gain(route), 6)
+            fallback = cfg.router.fallback  # its quality row averages the general sets, as the audit's does
+            table.quality.setdefault(fallback, {base: 0.0})[name] = round(sum(map(gain, general_cols)) / len(general_cols), 6)
             table.adopted[name] = {"path": str(Path(path).resolve()), "route": route}
             write_atomic(Path(cfg.router.table), table.to_json())
         write_atomic(Path(out_dir) / f"candidate-{name}.json", json.dumps(report, indent=2) + "\n")
