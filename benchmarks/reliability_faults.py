@@ -139,10 +139,13 @@ def corrupt_reload(gw: str, admin_key: str, router_dir: Path, work: Path) -> dic
 
 def disconnect_cancels(gw: str, vllm_url: str) -> dict:
     with httpx.stream("POST", f"{gw}/v1/chat/completions", json=LONG, timeout=120) as r:
-        next(r.iter_raw())
-        deadline = time.monotonic() + 10  # vLLM's gauge is refreshed by its stats loop, not per request
+        first = next(r.iter_raw())
+        deadline = time.monotonic() + 20  # vLLM's gauge is refreshed by its stats loop, not per request
         while (running := vllm_running(vllm_url)) < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
+        if running < 1:
+            return _result("client disconnect cancels the vLLM request", False,
+                           f"vLLM never reported the request running (HTTP {r.status_code}, first bytes {first[:120]!r})")
     deadline = time.monotonic() + 20
     while vllm_running(vllm_url) > 0 and time.monotonic() < deadline:
         time.sleep(0.2)

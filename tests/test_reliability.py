@@ -101,10 +101,12 @@ def test_fault_drills_with_a_vllm_that_is_killed_and_restarted(demo_cfg, base_di
     cfg.vllm.port = free_port()
     vllm = VllmServer(cfg, base_dir, tmp_path / "vllm.log").start(timeout=600, log=lambda m: None)
     try:
-        drills = run_faults(DEMO_CONFIG, vllm, demo_cfg.router.path, tmp_path)
+        # the disconnect drill has its own test against the session vLLM
+        # (test_gateway.test_client_disconnect_cancels_upstream_request); `bench reliability` runs all ten
+        drills = run_faults(DEMO_CONFIG, vllm, demo_cfg.router.path, tmp_path, skip=("disconnect",))
     finally:
         vllm.stop()
     names = [d["name"] for d in drills]
-    assert len(names) == 10 and "upstream killed mid-stream" in names and "recovers when vLLM returns" in names
+    assert len(names) == 9 and "upstream killed mid-stream" in names and "recovers when vLLM returns" in names
     failed = [d for d in drills if not d["passed"]]
     assert not failed, failed
