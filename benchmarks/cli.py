@@ -80,12 +80,17 @@ def reliability(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 64,
     fuzz_cases: Annotated[int, typer.Option("--fuzz-cases", min=2, help="Generated cases per API operation.")] = 240,
     out: Annotated[Optional[Path], typer.Option("--out")] = None,
+    only_fuzz: Annotated[bool, typer.Option("--only-fuzz", help="Re-run only the fuzzing and update an existing report.")] = False,
 ):
     """Load through the gateway, fault drills (vLLM killed and restarted, timeouts, disconnects), schema fuzzing."""
-    from benchmarks.reliability import RESULTS, run
+    from benchmarks.reliability import RESULTS, refuzz, run
 
     if not config.is_file():
         raise InputError(f"{config}: config file not found")
+    if only_fuzz:
+        r = refuzz(config, fuzz_cases, out or RESULTS)
+        typer.echo(f"fuzz: {r['fuzz_cases']} cases, {r['fuzz_failures']} failures; wrote {(out or RESULTS) / 'reliability.md'}")
+        return
     r = run(config, requests, concurrency, fuzz_cases, out or RESULTS)
     typer.echo(f"load: {r['requests']} requests at {r['concurrency']}: lost {r['lost']}, 5xx {r['gateway_5xx']}, "
                f"RSS {r['rss_growth_pct']:+.1f} %")

@@ -79,6 +79,42 @@ def run_faults(config: Path, vllm, router_dir: Path, work: Path, skip: tuple[str
     return out
 
 
+def run_fuzz(config: Path, work: Path, per_operation: int, bar) -> dict:
+    """schemathesis against a gateway process in front of the instant upstream."""
+    procs = []
+    up = free_port()
+    inst = spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up)], work / "instant.log")
+    try:
+        wait_http(f"http://127.0.0.1:{up}/health")
+        root = work / "adapter-root"
+        root.mkdir(exist_ok=True)
+        p, gw, _ = start_gateway(config, f"http://127.0.0.1:{up}", work, "gw-fuzz", adapter_root=str(root))
+        procs = [p]
+        task = bar.add_task("schemathesis fuzzing", total=None)
+        return fuzz(gw, per_operation, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, progress=lambda: bar.advance(task))
+    finally:
+        for p in procs:
+            stop_process(p)
+        stop_process(inst)
+
+
+def refuzz(config: Path, per_operation: int, out_dir: Path) -> dict:
+    """Re-run only the fuzzing phase and update that section of an existing reliability report."""
+    from classifier.errors import InputError
+
+    path = out_dir / "reliability.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no report to update; run `forgetless bench reliability` first")
+    report = json.loads(path.read_text())
+    with Progress() as bar:
+        fz = run_fuzz(config, Path(tempfile.mkdtemp(prefix="forgetless-fuzz-")), per_operation, bar)
+    report.update(fuzz=fz, fuzz_cases=fz["cases"], fuzz_failures=len(fz["failures"]),
+                  fuzz_command=f"forgetless bench reliability --only-fuzz --fuzz-cases {per_operation}")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "reliability.md").write_text(markdown(report))
+    return report
+
+
 def run(config: Path = REPO / "deploy" / "routes.demo.yaml", requests: int = 2000, concurrency: int = 64,
         fuzz_cases_per_operation: int = 240, out_dir: Path = RESULTS, log=print) -> dict:
     from deploy.serve import resolve_base
@@ -111,21 +147,7 @@ def run(config: Path = REPO / "deploy" / "routes.demo.yaml", requests: int = 200
             for p in procs:
                 stop_process(p)
             vllm.stop()
-        up = free_port()
-        inst = spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up)], work / "instant.log")
-        try:
-            wait_http(f"http://127.0.0.1:{up}/health")
-            root = work / "adapter-root"
-            root.mkdir()
-            p, gw, _ = start_gateway(config, f"http://127.0.0.1:{up}", work, "gw-fuzz", adapter_root=str(root))
-            procs = [p]
-            task = bar.add_task("schemathesis fuzzing", total=None)
-            fz = fuzz(gw, fuzz_cases_per_operation, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                      progress=lambda: bar.advance(task))
-        finally:
-            for p in procs:
-                stop_process(p)
-            stop_process(inst)
+        fz = run_fuzz(config, work, fuzz_cases_per_operation, bar)
     report = {
         "requests": load["requests"], "concurrency": load["concurrency"], "lost": load["lost"],
         "gateway_5xx": load["gateway_5xx"], "rss_growth_pct": load["rss_growth_pct"],
@@ -158,7 +180,10 @@ def markdown(r: dict) -> str:
              "", "## Fault drills", "", "| drill | passed | what happened |", "|---|---|---|"]
     for d in r["fault_details"]:
         lines.append(f"| {d['name']} | {'yes' if d['passed'] else '**no**'} | {d['detail']} |")
-    lines += ["", "## Schema fuzzing (schemathesis, positive and negative cases)", "",
+    lines += ["", "## Schema fuzzing (schemathesis, positive and negative cases)", ""]
+    if r.get("fuzz_command"):
+        lines += [f"Re-run on its own: `{r['fuzz_command']}`.", ""]
+    lines += [
               f"{fz['cases']} generated requests over {len(fz['operations'])} operations in {fz['seconds']} s; "
               f"{len(fz['failures'])} failures (5xx, no answer, or an error that is not OpenAI-shaped).", "",
               "| operation | cases |", "|---|---|"]

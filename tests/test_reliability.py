@@ -110,3 +110,21 @@ def test_fault_drills_with_a_vllm_that_is_killed_and_restarted(demo_cfg, base_di
     assert len(names) == 9 and "upstream killed mid-stream" in names and "recovers when vLLM returns" in names
     failed = [d for d in drills if not d["passed"]]
     assert not failed, failed
+
+
+def test_bench_reliability_only_fuzz_updates_an_existing_report(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("bench", "reliability", "--only-fuzz", "--out", tmp_path)
+    assert r.returncode == 2 and "no report to update" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "reliability.json").write_text(json.dumps({
+        "requests": 1, "concurrency": 1, "lost": 0, "gateway_5xx": 0, "rss_growth_pct": 0.0, "fuzz_cases": 0, "fuzz_failures": 0,
+        "faults": [], "fault_details": [], "command": "x", "versions": {}, "minutes": 0,
+        "load": {"requests": 1, "concurrency": 1, "max_tokens": 1, "ok": 1, "errors": 0, "lost": 0, "gateway_5xx": 0,
+                 "p50_ms": 1.0, "p99_ms": 1.0, "requests_per_s": 1.0, "wall_s": 1.0, "rss_warm_mb": 1, "rss_end_mb": 1,
+                 "rss_growth_pct": 0.0}}))
+    r = run_cli("bench", "reliability", "--only-fuzz", "--fuzz-cases", "6", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "reliability.json").read_text())
+    assert doc["fuzz_cases"] >= 20 and doc["fuzz_failures"] == 0 and doc["requests"] == 1
+    assert "--only-fuzz" in (tmp_path / "reliability.md").read_text()
