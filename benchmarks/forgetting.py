@@ -23,6 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks.forgetting_regimes import DOMAINS, REGIMES, Regime, ensure_adapters, missing_adapters
+from benchmarks.processes import free_port
 from classifier.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,9 +112,8 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     from deploy.audit import build_table
 
     models = [BASE, *(model_name(regime, d) for d in DOMAINS)]
-    raw = column_matrix(models, audit_items, audit_scores)
     # the audit's columns are named after routes; adapters are named after their domain
-    matrix = {m: {c: raw[m][c] for c in COLUMNS} for m in models}
+    matrix = column_matrix(models, audit_items, audit_scores)
     renamed = {BASE: matrix[BASE], **{d: matrix[model_name(regime, d)] for d in DOMAINS}}
     table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general")
     table.routes["general"] = BASE
@@ -208,7 +208,7 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
     """
     from rich.progress import Progress
 
-    from deploy.scoring import NllScorer, PeftScorer
+    from deploy.scoring import NllScorer, PeftScorer, make_item
     from deploy.vllm_server import VllmServer
     from gateway.config import AdapterConfig, RouterConfig, RoutesConfig, VllmConfig
 
@@ -240,7 +240,7 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
         if vllm_regimes:
             adapters = [AdapterConfig(name=m, path=d) for rg, m, d in plan if rg.scorer == "vllm"]
             cfg = RoutesConfig(adapters=adapters, router=RouterConfig(path=Path("unused")), vllm=VllmConfig(
-                port=_free_port(), max_lora_rank=max(rg.rank for rg in vllm_regimes), max_loras=1, max_model_len=2048,
+                port=free_port(), max_lora_rank=max(rg.rank for rg in vllm_regimes), max_loras=1, max_model_len=2048,
                 extra_args=["--max-cpu-loras", str(len(adapters))]))
             log_path = Path.home() / ".cache" / "forgetless" / "logs" / f"vllm-bench-forgetting-{cfg.vllm.port}.log"
             server = VllmServer(cfg, base_dir, log_path).start(log=log)
@@ -258,12 +258,11 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
                 server.stop()
         peft_regimes = [rg for rg in regimes if rg.scorer == "peft"]
         if peft_regimes:
-            scorer = PeftScorer(base_dir)
-            tok = NllScorer.__new__(NllScorer)  # only its item() tokenisation is needed here
             from transformers import AutoTokenizer
 
-            tok.tok, tok.max_tokens = AutoTokenizer.from_pretrained(str(base_dir)), 1024
-            items = {id(it): tok.item(it.row) for it in [*report_items, *audit_items]}
+            scorer = PeftScorer(base_dir)
+            tok = AutoTokenizer.from_pretrained(str(base_dir))
+            items = {id(it): make_item(tok, it.row) for it in [*report_items, *audit_items]}
             for rg in peft_regimes:
                 scorer.use(None)
                 per_item, audit = {}, {}
@@ -274,14 +273,6 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
                         per_item[m], audit[m] = run_model(lambda it: scorer.nll(items[id(it)]), not m.endswith("-mixed"))
                 out[rg.name] = (per_item, audit)
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _version(pkg: str) -> str:

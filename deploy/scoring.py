@@ -40,6 +40,18 @@ def text_item(tok, text: str, max_tokens: int = 1024) -> Item:
     return Item(ids[:1], ids)
 
 
+def make_item(tok, row: dict, max_tokens: int = 1024) -> Item:
+    """An eval row as token ids: chat rows score their last (assistant) message, prose rows their text."""
+    if "messages" in row:
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise InputError("eval item: the last message must be the assistant's reference answer")
+        return chat_item(tok, msgs, max_tokens)
+    if isinstance(row.get("text"), str):
+        return text_item(tok, row["text"], max_tokens)
+    raise InputError("eval item: needs 'messages' (chat) or 'text' (prose)")
+
+
 class NllScorer:
     def __init__(self, url: str, tokenizer_dir: str | Path, headers: dict | None = None, workers: int = 1, max_tokens: int = 1024):
         from transformers import AutoTokenizer
@@ -50,14 +62,7 @@ class NllScorer:
         self.workers, self.max_tokens = workers, max_tokens
 
     def item(self, row: dict) -> Item:
-        if "messages" in row:
-            msgs = row["messages"]
-            if not msgs or msgs[-1].get("role") != "assistant":
-                raise InputError("eval item: the last message must be the assistant's reference answer")
-            return chat_item(self.tok, msgs, self.max_tokens)
-        if isinstance(row.get("text"), str):
-            return text_item(self.tok, row["text"], self.max_tokens)
-        raise InputError("eval item: needs 'messages' (chat) or 'text' (prose)")
+        return make_item(self.tok, row, self.max_tokens)
 
     def nll(self, model: str, item: Item) -> tuple[float, int]:
         """(summed NLL, number of scored tokens) of item's answer under `model`."""
