@@ -136,12 +136,16 @@ def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], 
 
 
 def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
-              url: str | None = None, log=print) -> dict:
-    """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table."""
+              url: str | None = None, task_limit: int = 8, log=print) -> dict:
+    """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table.
+
+    Besides the NLL, every model answers up to `task_limit` checkable items per eval set (final-number exact
+    match, code pass@1; deploy/task_metrics.py) with greedy decoding; 0 skips that."""
     from rich.progress import Progress
 
     from deploy.scoring import NllScorer
     from deploy.serve import HOME, resolve_base
+    from deploy.task_eval import VllmGenerator, column_tasks, task_matrix
     from deploy.vllm_server import VllmServer
 
     adapters = [a.name for a in cfg.adapters]
@@ -168,6 +172,13 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
             for m in models:
                 for c in columns:
                     matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
+            task_rows = {c.name: c.rows for c in columns}
+            n_tasks = sum(map(len, column_tasks(task_rows, task_limit).values()))
+            tasks = {}
+            if n_tasks:
+                gen = bar.add_task(f"greedy answers: {len(models)} models × {n_tasks} task items", total=n_tasks * len(models))
+                tasks = task_matrix(VllmGenerator(url, scorer.tok), models, task_rows, task_limit,
+                                    progress=lambda: bar.advance(gen))
     finally:
         if server is not None:
             server.stop()
@@ -177,7 +188,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
            "forgetting_limit": forgetting_limit, "matrix": matrix, "adapters": report, "flagged": table.flagged,
-           "routes": table.routes, "quality": table.quality}
+           "routes": table.routes, "quality": table.quality, "tasks": tasks, "task_items_per_column": task_limit}
     out_dir = Path(out_dir)
     write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2) + "\n")
     heatmap(matrix, cfg.base.name, doc["columns"], out_dir / "audit.png")
@@ -203,5 +214,24 @@ def markdown(doc: dict) -> str:
         verdict = "flagged: forgets general ability" if r["flagged"] else (
             "used" if doc["routes"].get(a) == a else "not used: does not beat the base on its domain")
         lines.append(f"| {a} | {gain} | {r['worst_general_loss']:+.1%} | {verdict} |")
+    lines += task_markdown(doc)
     lines += ["", "Routing table: " + ", ".join(f"{r} → {m}" for r, m in doc["routes"].items()), "", "![heatmap](audit.png)", ""]
     return "\n".join(lines)
+
+
+def task_markdown(doc: dict) -> list[str]:
+    """The task-score table (share of items answered right, greedy decoding), if any eval set had task items."""
+    tasks = doc.get("tasks") or {}
+    cols = [c for c in doc["columns"] if any(c in row for row in tasks.values())]
+    if not cols:
+        return []
+    base = doc["base"]
+    first = next(iter(tasks.values()))
+    lines = ["", "Task scores (greedy decoding; share of checkable items answered right; not used for routing):", "",
+             "| model | " + " | ".join(f"{c} {first[c]['metric']} (n={first[c]['n']})" for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for m, row in tasks.items():
+        cells = [f"{row[c]['score']:.0%}" + ("" if m == base else f" ({(row[c]['score'] - tasks[base][c]['score']) * 100:+.0f} pt)")
+                 for c in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines

@@ -50,11 +50,12 @@ def judge(matrix: dict[str, dict[str, float]], base: str, incumbent: str, cand: 
 
 
 def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | None = None, limit: int = 20,
-                    forgetting_limit: float = 0.05, url: str | None = None, log=print) -> Verdict:
+                    forgetting_limit: float = 0.05, url: str | None = None, task_limit: int = 8, log=print) -> Verdict:
     from rich.progress import Progress
 
     from deploy.scoring import NllScorer
     from deploy.serve import resolve_base
+    from deploy.task_eval import VllmGenerator, column_tasks, task_matrix
 
     name, path = parse_candidate(spec)
     route = route or name
@@ -87,10 +88,17 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
             for m in models:
                 for c in columns:
                     matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
+            rows = {c.name: c.rows for c in columns}
+            n_tasks = sum(map(len, column_tasks(rows, task_limit).values()))
+            tasks = {}
+            if n_tasks:  # reported beside the verdict, which the NLL decides (see deploy/audit.py)
+                gen = bar.add_task(f"greedy answers: {len(models)} models × {n_tasks} task items", total=n_tasks * len(models))
+                tasks = task_matrix(VllmGenerator(url, scorer.tok), models, rows, task_limit, progress=lambda: bar.advance(gen))
         general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
         adopted, reason = judge(matrix, base, incumbent, name, route, general_cols, forgetting_limit)
         report = {"candidate": name, "path": str(path), "route": route, "incumbent": incumbent, "adopted": adopted,
-                  "reason": reason, "forgetting_limit": forgetting_limit, "items_per_column": limit, "matrix": matrix}
+                  "reason": reason, "forgetting_limit": forgetting_limit, "items_per_column": limit, "matrix": matrix,
+                  "tasks": tasks}
         if adopted:
             table = RoutingTable.load(cfg.router.table)  # re-read: keep whatever else changed meanwhile
             table.routes[route] = name

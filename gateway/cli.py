@@ -60,6 +60,8 @@ def audit(
     eval_dir: Annotated[Path, typer.Option("--eval", help="Directory with <route>/eval.jsonl and general/eval.jsonl.")],
     out: Annotated[Path, typer.Option("--out", help="Where audit.json/.md/.png go.")] = Path("audit"),
     limit: Annotated[int, typer.Option("--limit", min=1, help="Items per eval set.")] = 20,
+    task_limit: Annotated[int, typer.Option("--task-items", min=0, help=(
+        "Checkable items per eval set answered greedily for task metrics (math final number, code tests); 0 = off."))] = 8,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Max relative general NLL loss.")] = 0.05,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
     candidate: Annotated[Optional[str], typer.Option(
@@ -75,13 +77,13 @@ def audit(
     if candidate is None:
         from deploy.audit import run_audit
 
-        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url)
+        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit)
         typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}")
         typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
         return
     from deploy.candidate import audit_candidate
 
-    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url)
+    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit)
     name = verdict.report["candidate"]
     if not verdict.adopted:
         typer.echo(f"rejected '{name}': {verdict.reason}; unloaded from vLLM, routing table unchanged")

@@ -59,10 +59,21 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
     try:
         r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "finance", "lora_path": str(bad)}, timeout=60)
         assert r.status_code == 200, r.text
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "12", "--out", tmp_path / "audit")
+        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "12", "--task-items", "2",
+                    "--out", tmp_path / "audit")
         assert r.returncode == 0, r.stderr[-3000:]
         doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
         assert doc["columns"] == ["legal", "finance", "general", "general_chat"]
+        # task metrics: the finance items that state a final number, answered greedily by every model
+        from deploy.task_eval import task_items
+
+        finance_rows = [json.loads(x) for x in (evals / "finance" / "eval.jsonl").read_text().splitlines()]
+        n_tasks = min(2, len(task_items(finance_rows)))
+        assert n_tasks > 0 and set(doc["tasks"]) == {"smollm2", "legal", "finance"}
+        for row in doc["tasks"].values():
+            assert set(row) == {"finance"} and row["finance"]["metric"] == "exact_match"
+            assert row["finance"]["n"] == n_tasks and 0.0 <= row["finance"]["score"] <= 1.0
+        assert "Task scores" in (tmp_path / "audit" / "audit.md").read_text()
         assert doc["adapters"]["finance"]["flagged"], doc["adapters"]["finance"]
         chosen = doc["routes"]["finance"]
         assert chosen in ("smollm2", "legal")  # the best-scoring usable model, never the flagged adapter
@@ -170,16 +181,21 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
         # a broken finance adapter: rejected with the reason, unloaded again, table untouched
         before = table.read_text()
         r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
-                    "--candidate", f"finance-v2={bad_adapter}", "--route", "finance")
+                    "--candidate", f"finance-v2={bad_adapter}", "--route", "finance", "--task-items", "0")
         assert r.returncode == 1, r.stdout + r.stderr[-2000:]
         assert "rejected 'finance-v2'" in r.stdout and ("forgets" in r.stdout or "does not beat" in r.stdout)
         assert "finance-v2" not in _served(vllm) and table.read_text() == before
-        assert json.loads((tmp_path / "a" / "candidate-finance-v2.json").read_text())["adopted"] is False
+        rejected = json.loads((tmp_path / "a" / "candidate-finance-v2.json").read_text())
+        assert rejected["adopted"] is False and rejected["tasks"] == {}
 
         # the demo math adapter beats the base on math without forgetting: adopted and kept loaded
         r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
-                    "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math")
+                    "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math", "--task-items", "2")
         assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+        report = json.loads((tmp_path / "a" / "candidate-math-v2.json").read_text())
+        assert set(report["tasks"]) == {"smollm2", report["incumbent"], "math-v2"}  # base, incumbent, candidate
+        assert all(t["math"]["metric"] == "exact_match" and t["math"]["n"] == 2 and 0 <= t["math"]["score"] <= 1
+                   for t in report["tasks"].values())
         assert "adopted 'math-v2' for route 'math'" in r.stdout and "math-v2" in _served(vllm)
         doc = json.loads(table.read_text())
         assert doc["routes"]["math"] == "math-v2" and doc["routes"]["legal"] == "legal"

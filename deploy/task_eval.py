@@ -1,0 +1,114 @@
+"""Greedy answers to task items, from vLLM or from transformers+peft, checked by deploy/task_metrics.py.
+
+Both generators get the same token ids (the chat template applied to the item's prompt, cut from the left to
+`PROMPT_TOKENS`), decode greedily for at most `MAX_NEW_TOKENS`, and return text; so a model's task score does
+not depend on which engine computed it beyond floating-point noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from classifier.errors import InputError
+from deploy.task_metrics import Task, check, task_of
+
+PROMPT_TOKENS = 1536
+MAX_NEW_TOKENS = 256
+
+
+def prompt_ids(tok, row: dict) -> list[int]:
+    ids = list(tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=True, return_dict=False))
+    return ids[-PROMPT_TOKENS:]
+
+
+class VllmGenerator:
+    """Greedy completions through /v1/completions, several in flight so vLLM batches them."""
+
+    def __init__(self, url: str, tok, headers: dict | None = None, workers: int = 6):
+        import httpx
+
+        self.url, self.tok, self.workers = url.rstrip("/"), tok, workers
+        self.client = httpx.Client(timeout=900, headers=headers or {})
+
+    def one(self, model: str, ids: list[int]) -> str:
+        r = self.client.post(f"{self.url}/v1/completions", json={
+            "model": model, "prompt": ids, "max_tokens": MAX_NEW_TOKENS, "temperature": 0})
+        if r.status_code != 200:
+            raise InputError(f"generating with model '{model}' failed: HTTP {r.status_code} {r.text[:200]}")
+        return r.json()["choices"][0]["text"]
+
+    def __call__(self, model: str, rows: list[dict], progress: Callable[[], None] | None = None) -> list[str]:
+        def go(row):
+            out = self.one(model, prompt_ids(self.tok, row))
+            if progress:
+                progress()
+            return out
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(go, rows))
+
+
+class PeftGenerator:
+    """Greedy generation with whatever model a PeftScorer currently holds (base or base + adapter)."""
+
+    def __init__(self, scorer, tok, batch_size: int = 6):
+        self.scorer, self.tok, self.batch_size = scorer, tok, batch_size
+
+    def __call__(self, model: str, rows: list[dict], progress: Callable[[], None] | None = None) -> list[str]:
+        torch = self.scorer.torch
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        out = []
+        for i in range(0, len(rows), self.batch_size):
+            batch = [prompt_ids(self.tok, r) for r in rows[i:i + self.batch_size]]
+            width = max(map(len, batch))
+            ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])  # left padding: answers start aligned
+            mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+            with torch.inference_mode():
+                gen = self.scorer.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW_TOKENS,
+                                                 do_sample=False, pad_token_id=pad)
+            for row in gen[:, width:]:
+                out.append(self.tok.decode(row, skip_special_tokens=True))
+                if progress:
+                    progress()
+        return out
+
+
+def task_items(rows: list[dict]) -> list[tuple[int, Task]]:
+    """(index, task) for the rows that carry a checkable task."""
+    return [(i, t) for i, r in enumerate(rows) if (t := task_of(r)) is not None]
+
+
+def solve(generate, model: str, rows: list[dict], tasks: list[tuple[int, Task]], progress=None) -> dict[int, bool]:
+    """Row index -> whether `model`'s greedy answer is right, for the rows in `tasks`."""
+    outputs = generate(model, [rows[i] for i, _ in tasks], progress)
+    return {i: check(t, o) for (i, t), o in zip(tasks, outputs)}
+
+
+def summarise(results: dict[str, dict[str, dict[int, bool]]],
+              tasks: dict[str, list[tuple[int, Task]]]) -> dict[str, dict[str, dict]]:
+    """model -> column -> {"metric", "score", "n"} for the columns that have task items."""
+    out: dict[str, dict[str, dict]] = {}
+    for model, per_col in results.items():
+        out[model] = {}
+        for col, got in per_col.items():
+            metrics = sorted({t.metric for _, t in tasks[col]})
+            out[model][col] = {"metric": "+".join(metrics), "score": round(sum(got.values()) / len(got), 4), "n": len(got)}
+    return out
+
+
+def column_tasks(rows_by_column: dict[str, list[dict]], limit: int | None = None) -> dict[str, list[tuple[int, Task]]]:
+    """Per column, its first `limit` checkable items (columns without any are left out)."""
+    return {c: t[:limit] for c, rows in rows_by_column.items() if (t := task_items(rows)) and limit != 0}
+
+
+def task_matrix(generate, models: list[str], rows_by_column: dict[str, list[dict]], limit: int | None = None,
+                progress=None, before_model: Callable[[str], None] | None = None) -> dict[str, dict[str, dict]]:
+    """Every model's task score on every column that carries checkable items (greedy decoding)."""
+    tasks = column_tasks(rows_by_column, limit)
+    results: dict[str, dict[str, dict[int, bool]]] = {}
+    for m in models:
+        if before_model:
+            before_model(m)
+        results[m] = {c: solve(generate, m, rows_by_column[c], t, progress) for c, t in tasks.items()}
+    return summarise(results, tasks)
