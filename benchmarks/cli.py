@@ -56,12 +56,14 @@ def forgetting(
     items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 24, quick 4).")] = None,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Audit's max general NLL loss.")] = 0.05,
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default benchmarks/results, quick: .../quick).")] = None,
+    tasks: Annotated[bool, typer.Option("--tasks/--no-tasks", help=(
+        "Also answer the reported math/code/finance items greedily: final-number exact match, code pass@1."))] = True,
 ):
     """Forgetting matrix per training regime: base, each adapter, mixed, routed, oracle on 5 domains + 3 general sets."""
     from benchmarks.forgetting import RESULTS, run
 
     out_dir = out or (RESULTS / "quick" if quick else RESULTS)
-    doc = run(quick=quick, out_dir=out_dir, n_report=items, forgetting_limit=forgetting_limit)
+    doc = run(quick=quick, out_dir=out_dir, n_report=items, forgetting_limit=forgetting_limit, tasks=tasks)
     for name, r in doc["regimes"].items():
         t = r["targets"]
         typer.echo(f"{name:10s} routed≈oracle (2 %): {'yes' if t['met_oracle'] else 'no'}  routed≥base (0.5 %): "

@@ -81,16 +81,25 @@ def column_matrix(models: list[str], items: list[EvalItem], per_item: dict[str, 
             for m in models}
 
 
-def assemble(regime: str, items: list[EvalItem], per_item: dict, decisions: list, table, ungated: dict[str, str]) -> dict:
-    """The matrix of one regime: single models plus the per-item routed rows."""
-    single = {"base": BASE, **{f"adapter:{d}": model_name(regime, d) for d in DOMAINS}, "mixed": model_name(regime, "mixed")}
+def single_rows(regime: str) -> dict[str, str]:
+    return {"base": BASE, **{f"adapter:{d}": model_name(regime, d) for d in DOMAINS}, "mixed": model_name(regime, "mixed")}
+
+
+def choices(regime: str, items: list[EvalItem], decisions: list, table, ungated: dict[str, str]) -> dict[str, list[str]]:
+    """Per routed row, the model that answers each item."""
     served = {BASE, *(model_name(regime, d) for d in DOMAINS)}
-    choice = {
+    return {
         "routed": [table.routes.get(dec.route, BASE) for dec in decisions],
         "routed_expected": [table.expected_quality(dec.probs, served, BASE) for dec in decisions],
         "routed_ungated": [ungated.get(dec.route, BASE) for dec in decisions],
         "oracle": [model_name(regime, it.column) if it.column in DOMAINS else BASE for it in items],
     }
+
+
+def assemble(regime: str, items: list[EvalItem], per_item: dict, decisions: list, table, ungated: dict[str, str]) -> dict:
+    """The matrix of one regime: single models plus the per-item routed rows."""
+    single = single_rows(regime)
+    choice = choices(regime, items, decisions, table, ungated)
     matrix = {row: column_matrix([m], items, per_item)[m] for row, m in single.items()}
     for row, picks in choice.items():
         per_col: dict[str, list] = {c: [] for c in COLUMNS}
@@ -98,7 +107,24 @@ def assemble(regime: str, items: list[EvalItem], per_item: dict, decisions: list
             per_col[it.column].append(per_item[m][i])
         matrix[row] = {c: aggregate(v) for c, v in per_col.items()}
     picks_by_col = {row: {c: _share(items, picks, c, regime) for c in COLUMNS} for row, picks in choice.items()}
-    return {"matrix": matrix, "choices": picks_by_col}
+    return {"matrix": matrix, "choices": picks_by_col, "picks": choice}
+
+
+def assemble_tasks(regime: str, items: list[EvalItem], solved: dict[str, dict[int, bool]], picks: dict[str, list[str]]) -> dict:
+    """Task scores (share right) per row and per column that has task items; routed rows use each item's pick."""
+    if not solved:
+        return {}
+    idx = sorted(next(iter(solved.values())))
+    cols = [c for c in COLUMNS if any(items[i].column == c for i in idx)]
+    rows = {row: [m] * len(items) for row, m in single_rows(regime).items()}
+    rows.update(picks)
+    out = {}
+    for row, models in rows.items():
+        out[row] = {}
+        for c in cols:
+            got = [solved[models[i]][i] for i in idx if items[i].column == c]
+            out[row][c] = round(sum(got) / len(got), 4)
+    return out
 
 
 def _share(items: list[EvalItem], picks: list[str], column: str, regime: str) -> dict[str, float]:
@@ -147,7 +173,8 @@ def train_router(shared: Path, log=print):
 
 
 def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_report: int | None = None,
-        n_audit: int | None = None, forgetting_limit: float = 0.05, regimes: list[Regime] | None = None, log=print) -> dict:
+        n_audit: int | None = None, forgetting_limit: float = 0.05, regimes: list[Regime] | None = None,
+        tasks: bool = True, log=print) -> dict:
 
     from deploy.base_model import DEFAULT_BASE_DIR, build_base
 
@@ -169,18 +196,22 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     router = train_router(shared, log=log)
     decisions = router.decide_batch([it.text for it in report_items])
 
-    scores = score_all(run_regimes, base_dir, report_items, audit_items, log)
+    # greedy generation is the slow part on CPU: --quick answers at most 2 checkable items per column
+    task_limit = (2 if quick else None) if tasks else 0
+    scores = score_all(run_regimes, base_dir, report_items, audit_items, log, task_limit=task_limit)
     doc = {"metric": "nll", "columns": COLUMNS, "rows": ["base", *(f"adapter:{d}" for d in DOMAINS), "mixed", *ROUTED_ROWS],
            "items_per_column": n_report, "audit_items_per_column": n_audit, "forgetting_limit": forgetting_limit,
-           "quick": quick, "regimes": {}, "skipped_regimes": skipped}
+           "quick": quick, "regimes": {}, "skipped_regimes": skipped,
+           "task_items": task_counts(report_items, task_limit) if task_limit != 0 else {}}
     for rg in run_regimes:
-        per_item, audit_scores = scores[rg.name]
+        per_item, audit_scores, solved = scores[rg.name]
         table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit)
         ungated = {d: model_name(rg.name, d) for d in DOMAINS}
         res = assemble(rg.name, report_items, per_item, decisions, table, ungated)
         doc["regimes"][rg.name] = {
             "description": rg.describe(), "scorer": rg.scorer, "train": {**rg.recipe(), "mixed_steps": rg.recipe(mixed=True)["steps"]},
             "matrix": res["matrix"], "choices": res["choices"],
+            "tasks": assemble_tasks(rg.name, report_items, solved, res["picks"]),
             "table": {"routes": {r: m.removeprefix(f"{rg.name}-") for r, m in table.routes.items()},
                       "flagged": [f.removeprefix(f"{rg.name}-") for f in table.flagged]},
             "targets": targets(res["matrix"], aggressive=rg.name == "aggressive"),
@@ -200,8 +231,9 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
 
 
 def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],
-              log=print) -> dict[str, tuple[dict, dict]]:
-    """Per regime: (per-item scores of every model on the reported items, same on the audit items).
+              log=print, task_limit: int | None = None) -> dict[str, tuple[dict, dict, dict]]:
+    """Per regime: (per-item scores of every model on the reported items, same on the audit items, and for the
+    reported items that carry a checkable task, whether each model's greedy answer is right).
 
     Regimes scored by vLLM share one server (its max LoRA rank is theirs); the base is scored once for them.
     Regimes scored by peft run in-process, the base included, so every matrix is computed one way throughout.
@@ -209,20 +241,24 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
     from rich.progress import Progress
 
     from deploy.scoring import NllScorer, PeftScorer, make_item
+    from deploy.task_eval import PeftGenerator, VllmGenerator, solve
     from deploy.vllm_server import VllmServer
     from gateway.config import AdapterConfig, RouterConfig, RoutesConfig, VllmConfig
 
-    out: dict[str, tuple[dict, dict]] = {}
+    out: dict[str, tuple[dict, dict, dict]] = {}
+    rows = [it.row for it in report_items]
+    checkable = checkable_items(report_items, task_limit)
     plan = []  # (regime or None for the shared vLLM base, model name, adapter dir)
     for rg in regimes:
         plan += [(rg, model_name(rg.name, n), rg.adapter_dir(n)) for n in [*DOMAINS, "mixed"]]
     total = 0
     for rg in regimes:
         n_models = len(DOMAINS) + 1 + (1 if rg.scorer == "peft" else 0)
-        total += n_models * len(report_items) + (len(DOMAINS) + (1 if rg.scorer == "peft" else 0)) * len(audit_items)
+        total += n_models * (len(report_items) + len(checkable))
+        total += (len(DOMAINS) + (1 if rg.scorer == "peft" else 0)) * len(audit_items)
     vllm_regimes = [rg for rg in regimes if rg.scorer == "vllm"]
     if vllm_regimes:
-        total += len(report_items) + len(audit_items)
+        total += len(report_items) + len(audit_items) + len(checkable)
     with Progress() as bar:
         task = bar.add_task(f"scoring {len(report_items)} items (+{len(audit_items)} audit) per model", total=total)
 
@@ -237,6 +273,9 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
                 bar.advance(task)
             return rep, aud
 
+        def run_tasks(generate, model: str) -> dict[int, bool]:
+            return solve(generate, model, rows, checkable, progress=lambda: bar.advance(task)) if checkable else {}
+
         if vllm_regimes:
             adapters = [AdapterConfig(name=m, path=d) for rg, m, d in plan if rg.scorer == "vllm"]
             cfg = RoutesConfig(adapters=adapters, router=RouterConfig(path=Path("unused")), vllm=VllmConfig(
@@ -247,13 +286,16 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
             try:
                 scorer = NllScorer(server.url, base_dir)
                 items = {id(it): scorer.item(it.row) for it in [*report_items, *audit_items]}
+                generate = VllmGenerator(server.url, scorer.tok)
                 base = run_model(lambda it: scorer.nll(BASE, items[id(it)]), True)
+                base_solved = run_tasks(generate, BASE)
                 for rg in vllm_regimes:
-                    per_item, audit = {BASE: base[0]}, {BASE: base[1]}
+                    per_item, audit, solved = {BASE: base[0]}, {BASE: base[1]}, {BASE: base_solved}
                     for r2, m, _ in plan:
                         if r2 is rg:
                             per_item[m], audit[m] = run_model(lambda it, m=m: scorer.nll(m, items[id(it)]), not m.endswith("-mixed"))
-                    out[rg.name] = (per_item, audit)
+                            solved[m] = run_tasks(generate, m)
+                    out[rg.name] = (per_item, audit, solved if checkable else {})
             finally:
                 server.stop()
         peft_regimes = [rg for rg in regimes if rg.scorer == "peft"]
@@ -263,15 +305,18 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
             scorer = PeftScorer(base_dir)
             tok = AutoTokenizer.from_pretrained(str(base_dir))
             items = {id(it): make_item(tok, it.row) for it in [*report_items, *audit_items]}
+            generate = PeftGenerator(scorer, tok)
             for rg in peft_regimes:
                 scorer.use(None)
-                per_item, audit = {}, {}
+                per_item, audit, solved = {}, {}, {}
                 per_item[BASE], audit[BASE] = run_model(lambda it: scorer.nll(items[id(it)]), True)
+                solved[BASE] = run_tasks(generate, BASE)
                 for r2, m, d in plan:
                     if r2 is rg:
                         scorer.use(d)
                         per_item[m], audit[m] = run_model(lambda it: scorer.nll(items[id(it)]), not m.endswith("-mixed"))
-                out[rg.name] = (per_item, audit)
+                        solved[m] = run_tasks(generate, m)
+                out[rg.name] = (per_item, audit, solved if checkable else {})
     return out
 
 
@@ -304,4 +349,30 @@ def targets(matrix: dict, aggressive: bool) -> dict:
     if aggressive:
         out["routed_vs_mixed_general"] = {c: round(rel(matrix["routed"][c], matrix["mixed"][c]), 4) for c in GENERAL}
         out["met_mixed"] = all(v < 0 for v in out["routed_vs_mixed_general"].values())
+    return out
+
+
+def checkable_items(items: list[EvalItem], limit: int | None = None) -> list:
+    """(index, task) of the reported items that carry a checkable task, at most `limit` per column."""
+    from deploy.task_eval import task_items
+
+    seen: dict[str, int] = {}
+    out = []
+    for i, t in task_items([it.row for it in items]):
+        seen[items[i].column] = seen.get(items[i].column, 0) + 1
+        if limit is None or seen[items[i].column] <= limit:
+            out.append((i, t))
+    return out
+
+
+def task_counts(items: list[EvalItem], limit: int | None = None) -> dict[str, dict]:
+    """Per column with checkable items: how many of the reported items were answered, and with which metric."""
+    from deploy.sandbox import network_isolation
+
+    out: dict[str, dict] = {}
+    for i, t in checkable_items(items, limit):
+        c = out.setdefault(items[i].column, {"n": 0, "metric": t.metric})
+        c["n"] += 1
+    if any(c["metric"] == "pass@1" for c in out.values()):
+        out["_sandbox"] = {"network_isolated": bool(network_isolation())}
     return out

@@ -107,12 +107,32 @@ def markdown(doc: dict) -> str:
         if "met_mixed" in t:
             lines.append(f"- routed beats mixed on every general column: **{'yes' if t['met_mixed'] else 'no'}** (" +
                          ", ".join(f"{c} {v:+.1%}" for c, v in t["routed_vs_mixed_general"].items()) + ")")
+        lines += task_table(doc, r)
         lines += ["", f"![{name} heatmap](forgetting_{name}.png)", ""]
     lines += ["## What this shows", "", *verdicts(doc), "", "![trade-off](forgetting_tradeoff.png)", ""]
     return "\n".join(lines)
 
 
 ROUTED = {"routed", "routed_expected", "routed_ungated", "oracle"}
+
+
+def task_table(doc: dict, regime: dict) -> list[str]:
+    """Task scores of one regime: share of the reported checkable items each row answered right (greedy)."""
+    tasks = regime.get("tasks") or {}
+    if not tasks:
+        return []
+    info = doc.get("task_items", {})
+    cols = list(next(iter(tasks.values())))
+    sandbox = info.get("_sandbox", {})
+    note = "" if not sandbox else (" Code runs in a sandboxed subprocess (limits, timeout" +
+                                   (", no network)." if sandbox.get("network_isolated") else "; network not isolated here)."))
+    lines = ["", "Task scores (greedy decoding, share of the reported items with a checkable answer that came out right; "
+             "a 135M model solves few, so differences of one item are noise):" + note, "",
+             "| row | " + " | ".join(f"{c} {info.get(c, {}).get('metric', '')} (n={info.get(c, {}).get('n', '?')})" for c in cols)
+             + " |", "|---" * (len(cols) + 1) + "|"]
+    for row, vals in tasks.items():
+        lines.append(f"| {row} | " + " | ".join(f"{vals[c]:.0%}" for c in cols) + " |")
+    return lines
 
 
 def verdicts(doc: dict) -> list[str]:

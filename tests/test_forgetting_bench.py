@@ -84,7 +84,15 @@ def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
     assert all(abs(light["oracle"][c] - light["base"][c]) < 1e-9 for c in ("general", "general_chat", "wikitext"))
     # a trained specialist lowers NLL on its own domain (light regime: math gains the most)
     assert light["adapter:math"]["math"] < light["base"]["math"]
+    # task metrics on the reported items that carry one (math: final number, code: tests, finance: final number)
+    tasks = doc["regimes"]["light"]["tasks"]
+    assert set(tasks) == set(light) and set(tasks["base"]) == {c for c in doc["task_items"] if not c.startswith("_")}
+    assert {"math", "code"} <= set(tasks["base"]) and doc["task_items"]["code"]["metric"] == "pass@1"
+    for row in tasks.values():
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert tasks["oracle"]["math"] == tasks["adapter:math"]["math"] and tasks["oracle"]["code"] == tasks["adapter:code"]["code"]
     md = (tmp_path / "forgetting.md").read_text()
+    assert "Task scores" in md
     assert "## Regime `light`" in md and "routed within 2 % of oracle" in md
     for png in ("forgetting_light.png", "forgetting_tradeoff.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
