@@ -141,7 +141,8 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     # the audit's columns are named after routes; adapters are named after their domain
     matrix = column_matrix(models, audit_items, audit_scores)
     renamed = {BASE: matrix[BASE], **{d: matrix[model_name(regime, d)] for d in DOMAINS}}
-    table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general")
+    table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general",
+                                switch_margin=0.02)
     table.routes["general"] = BASE
     table.routes = {r: (m if m == BASE else model_name(regime, m)) for r, m in table.routes.items()}
     table.quality = {r: {(m if m == BASE else model_name(regime, m)): q for m, q in row.items()} for r, row in table.quality.items()}
@@ -182,7 +183,7 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     if not shared.is_dir():
         raise InputError(f"{shared}: shared data not found (the forgetting benchmark reads ../shared/data)")
     n_report = n_report or (4 if quick else 24)
-    n_audit = n_audit or max(3, n_report // 2)
+    n_audit = n_audit or n_report
     base_dir = build_base(DEFAULT_BASE_DIR, log=log)
     regimes = regimes or REGIMES
     run_regimes, skipped = [], {}

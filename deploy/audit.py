@@ -69,9 +69,12 @@ def forgetting_report(matrix: dict[str, dict[str, float]], base: str, adapters: 
 
 
 def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
-                general_cols: list[str], limit: float, fallback: str | None = None) -> tuple[RoutingTable, dict[str, dict]]:
+                general_cols: list[str], limit: float, fallback: str | None = None,
+                switch_margin: float = 0.02) -> tuple[RoutingTable, dict[str, dict]]:
     """Top-1 table: each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval
-    set. `quality` keeps every model's relative gain over the base per route (flagged adapters too: their losses
+    set. Differences within `switch_margin` (relative NLL) count as ties, settled for the route's own adapter when
+    it beats the base, else for the base: on a few eval items another adapter can win a route by chance, and
+    taking the route from its specialist on noise costs far more than the noise. `quality` keeps every model's relative gain over the base per route (flagged adapters too: their losses
     are in it) for expected-quality routing; the fallback route's quality is the mean over all general sets, since
     every kind of general request lands there."""
     report = forgetting_report(matrix, base, adapters, general_cols, limit)
@@ -82,7 +85,9 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
         cols = [c for c in general_cols if c in matrix[base]] if r == fallback else [r]
         if cols and all(c in matrix[base] for c in cols):
             gain = {m: -sum(relative(matrix[m][c], matrix[base][c]) for c in cols) / len(cols) for m in [base, *adapters]}
-            table.routes[r] = max(usable, key=lambda m: gain[m])
+            best = max(usable, key=lambda m: gain[m])
+            default = r if r in usable and gain[r] > 0 else base
+            table.routes[r] = best if gain[best] - gain[default] > switch_margin else default
             table.quality[r] = {m: round(g, 6) for m, g in gain.items()}
         else:
             table.routes[r] = base
@@ -136,7 +141,7 @@ def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], 
 
 
 def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
-              url: str | None = None, task_limit: int = 8, log=print) -> dict:
+              url: str | None = None, task_limit: int = 8, switch_margin: float = 0.02, log=print) -> dict:
     """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table.
 
     Besides the NLL, every model answers up to `task_limit` checkable items per eval set (final-number exact
@@ -184,10 +189,11 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
             server.stop()
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
     fallback = cfg.router.fallback
-    table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback)
+    table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback,
+                                switch_margin)
     table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
-           "forgetting_limit": forgetting_limit, "matrix": matrix, "adapters": report, "flagged": table.flagged,
+           "forgetting_limit": forgetting_limit, "switch_margin": switch_margin, "matrix": matrix, "adapters": report, "flagged": table.flagged,
            "routes": table.routes, "quality": table.quality, "tasks": tasks, "task_items_per_column": task_limit}
     out_dir = Path(out_dir)
     write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2) + "\n")
@@ -211,8 +217,10 @@ def markdown(doc: dict) -> str:
     lines += ["", "| adapter | gain on own domain | worst general loss | verdict |", "|---|---|---|---|"]
     for a, r in doc["adapters"].items():
         gain = "n/a" if r["own_domain_gain"] is None else f"{r['own_domain_gain']:+.1%}"
-        verdict = "flagged: forgets general ability" if r["flagged"] else (
-            "used" if doc["routes"].get(a) == a else "not used: does not beat the base on its domain")
+        chosen = doc["routes"].get(a)
+        verdict = "flagged: forgets general ability" if r["flagged"] else "used" if chosen == a else (
+            "not used: does not beat the base on its domain" if chosen == base or not (r["own_domain_gain"] or 0) > 0
+            else f"not used: {chosen} beats it on {a} by more than the switch margin")
         lines.append(f"| {a} | {gain} | {r['worst_general_loss']:+.1%} | {verdict} |")
     lines += task_markdown(doc)
     lines += ["", "Routing table: " + ", ".join(f"{r} → {m}" for r, m in doc["routes"].items()), "", "![heatmap](audit.png)", ""]

@@ -63,6 +63,8 @@ def audit(
     task_limit: Annotated[int, typer.Option("--task-items", min=0, help=(
         "Checkable items per eval set answered greedily for task metrics (math final number, code tests); 0 = off."))] = 8,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Max relative general NLL loss.")] = 0.05,
+    switch_margin: Annotated[float, typer.Option("--switch-margin", min=0.0, help=(
+        "Another model takes a route from its own adapter (or the base) only if better by more than this relative NLL."))] = 0.02,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
     candidate: Annotated[Optional[str], typer.Option(
         "--candidate", help="NAME=PATH: load a new adapter into the running vLLM and adopt it only if it wins.")] = None,
@@ -77,7 +79,7 @@ def audit(
     if candidate is None:
         from deploy.audit import run_audit
 
-        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit)
+        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit, switch_margin)
         typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}")
         typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
         return

@@ -39,6 +39,28 @@ def test_table_gates_on_measured_quality():
     assert strict.expected_quality({"legal": 0.1, "general": 0.9}, {"base", "legal"}, "base") == "base"
 
 
+def test_switch_margin_keeps_routes_with_their_specialist_on_small_differences():
+    m = {"base": {"legal": 2.0, "finance": 2.0, "general": 2.0},
+         "legal": {"legal": 1.60, "finance": 2.0, "general": 2.0},  # 20 % better than base on legal
+         "finance": {"legal": 1.58, "finance": 1.5, "general": 2.0}}  # 1 point better still: within the margin
+    routes = ["legal", "finance", "general"]
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general")
+    assert table.routes["legal"] == "legal" and table.routes["finance"] == "finance"
+    m["finance"]["legal"] = 1.40  # now 10 points better than the legal adapter: it takes the route
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general")
+    assert table.routes["legal"] == "finance"
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general", switch_margin=0.2)
+    assert table.routes["legal"] == "legal"
+    # a route whose own adapter does not beat the base: ties go to the base, clear wins to the winner
+    m["legal"]["legal"] = 2.02
+    m["finance"]["legal"] = 1.99
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general")
+    assert table.routes["legal"] == "base"
+    m["finance"]["legal"] = 1.80
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general")
+    assert table.routes["legal"] == "finance"
+
+
 def test_expected_quality_prefers_base_when_unsure():
     table, _ = _table()
     models = {"base", "legal", "math", "finance"}
