@@ -74,8 +74,10 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
     """Top-1 table: each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval
     set. Differences within `switch_margin` (relative NLL) count as ties, settled for the route's own adapter when
     it beats the base, else for the base: on a few eval items another adapter can win a route by chance, and
-    taking the route from its specialist on noise costs far more than the noise. `quality` keeps every model's relative gain over the base per route (flagged adapters too: their losses
-    are in it) for expected-quality routing; the fallback route's quality is the mean over all general sets, since
+    taking the route from its specialist on noise costs far more than the noise.
+
+    `quality` keeps every model's relative gain over the base per route (flagged adapters too: their losses are
+    in it) for expected-quality routing; the fallback route's quality is the mean over all general sets, since
     every kind of general request lands there."""
     report = forgetting_report(matrix, base, adapters, general_cols, limit)
     flagged = [a for a in adapters if report[a]["flagged"]]
