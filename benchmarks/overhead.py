@@ -93,6 +93,35 @@ asyncio.run(main())
 '''
 
 
+AUTOCANNON = REPO / ".tools" / "node_modules" / ".bin" / "autocannon"
+
+
+def _autocannon(url: str, connections: int, seconds: float, unique: bool = True) -> dict:
+    """Requests/s from autocannon (Node, `make install` puts it in .tools/): a load generator that is not the
+    bottleneck. With `unique`, every request carries its own prompt (`[<id>]`), so the router's decision cache
+    never helps; without, every request repeats one prompt (cache hits: the gateway's cost without encoding)."""
+    body = json.dumps({"model": "auto", "max_tokens": 1,
+                       "messages": [{"role": "user", "content": "What does clause [<id>] of the lease say about repairs?"}]})
+    r = subprocess.run([str(AUTOCANNON), "-m", "POST", "-H", "content-type=application/json", "-b", body,
+                        *(["--idReplacement"] if unique else []),
+                        "-c", str(connections), "-d", str(int(seconds)), "-j", url], capture_output=True, text=True,
+                       timeout=seconds + 120)
+    if r.returncode != 0:
+        raise RuntimeError(f"autocannon failed: {r.stderr[-500:]}")
+    d = json.loads(r.stdout)
+    ok = d["2xx"]
+    return {"requests": ok, "errors": d["non2xx"] + d["errors"] + d["timeouts"], "seconds": d["duration"],
+            "latency_p50_ms": d["latency"]["p50"], "latency_p99_ms": d["latency"]["p99"]}
+
+
+def _load(url: str, connections: int, seconds: float) -> dict:
+    if AUTOCANNON.is_file():
+        return {**_autocannon(url, connections, seconds), "generator": "autocannon"}
+    r = subprocess.run([sys.executable, "-c", LOADGEN, url, str(connections), str(seconds), json.dumps(PROMPTS)],
+                       capture_output=True, text=True, timeout=seconds + 120)
+    return {**json.loads(r.stdout), "generator": "python-httpx"}
+
+
 def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 16, rps_seconds: float = 15.0,
         out_dir: Path = RESULTS, work: Path = Path("/tmp/forgetless-bench")) -> dict:
     from deploy.serve import resolve_base
@@ -147,16 +176,17 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
         procs.append(spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw2.log"))
         gw = f"http://127.0.0.1:{gw_port}"
         wait_http(f"{gw}/health")
-        r = subprocess.run([sys.executable, "-c", LOADGEN, f"{gw}/v1/chat/completions", "64", "3", json.dumps(PROMPTS)],
-                           capture_output=True, text=True, timeout=120)  # warm-up
-        r = subprocess.run([sys.executable, "-c", LOADGEN, f"{gw}/v1/chat/completions", "64", str(rps_seconds), json.dumps(PROMPTS)],
-                           capture_output=True, text=True, timeout=rps_seconds + 120)
-        load = json.loads(r.stdout)
-        direct = subprocess.run([sys.executable, "-c", LOADGEN, f"http://127.0.0.1:{up_port}/v1/chat/completions", "64",
-                                 str(rps_seconds / 3), json.dumps(PROMPTS)], capture_output=True, text=True, timeout=rps_seconds + 120)
-        dload = json.loads(direct.stdout)
+        _load(f"{gw}/v1/chat/completions", 64, 3)  # warm-up
+        load = _load(f"{gw}/v1/chat/completions", 64, rps_seconds)
+        if AUTOCANNON.is_file():
+            cached = _autocannon(f"{gw}/v1/chat/completions", 64, rps_seconds, unique=False)
+            result["gateway_rps_repeated_prompt"] = cached["requests"] / cached["seconds"]
+        dload = _load(f"http://127.0.0.1:{up_port}/v1/chat/completions", 64, max(3.0, rps_seconds / 3))
         result.update(gateway_rps=load["requests"] / load["seconds"], gateway_errors=load["errors"],
-                      instant_upstream_rps=dload["requests"] / dload["seconds"], rps_concurrency=64)
+                      instant_upstream_rps=dload["requests"] / dload["seconds"], rps_concurrency=64,
+                      load_generator=load["generator"],
+                      **({"gateway_rps_latency_p50_ms": load["latency_p50_ms"], "gateway_rps_latency_p99_ms": load["latency_p99_ms"]}
+                         if "latency_p50_ms" in load else {}))
     finally:
         for p in procs:
             stop_process(p)
@@ -188,5 +218,9 @@ def _markdown(r: dict) -> str:
         "## Against an instant OpenAI-compatible responder (gateway cost alone)", "",
         f"- gateway: **{r['gateway_rps']:.0f} requests/s** at {r['rps_concurrency']} concurrent clients "
         f"({r['gateway_errors']} errors), router included (`model: auto`)",
-        f"- the responder alone, same load generator: {r['instant_upstream_rps']:.0f} requests/s", "",
+        f"- the responder alone, same load generator: {r['instant_upstream_rps']:.0f} requests/s",
+        f"- load generator: {r.get('load_generator', 'python-httpx')}; every request a distinct prompt, so the router "
+        f"encodes each one (no decision-cache hits); one prompt repeated (cache hits): "
+        f"{r.get('gateway_rps_repeated_prompt', 0):.0f} requests/s" if r.get("load_generator") == "autocannon" else
+        f"- load generator: {r.get('load_generator', 'python-httpx')}", "",
     ])

