@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from starlette.concurrency import run_in_threadpool
-
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError
 from gateway.state import GatewayState, Target
@@ -56,7 +54,7 @@ async def choose_target(state: GatewayState, requested: str, routing_text: str, 
         if not routing_text.strip():
             return Target(state.base, route=router.fallback, confidence=None, router_ms=0.0, fallback="no-text")
         t = time.perf_counter()
-        decision = await run_in_threadpool(router.decide, routing_text)
+        decision = await state.decide(router, routing_text)
         ms = (time.perf_counter() - t) * 1000.0
         state.metrics.router_ms.observe(ms)
         if cfg.selection == "expected_quality" and state.table.quality:
