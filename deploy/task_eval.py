@@ -1,8 +1,9 @@
 """Greedy answers to task items, from vLLM or from transformers+peft, checked by deploy/task_metrics.py.
 
 Both generators get the same token ids (the chat template applied to the item's prompt, cut from the left to
-`PROMPT_TOKENS`), decode greedily for at most `MAX_NEW_TOKENS`, and return text; so a model's task score does
-not depend on which engine computed it beyond floating-point noise.
+`PROMPT_TOKENS`, or less where the vLLM server's context is shorter), decode greedily for at most
+`MAX_NEW_TOKENS`, and return text. The engines' arithmetic differs slightly (vLLM serves bf16 weights, peft
+runs float32), which can flip a near-tied token, so each benchmark regime uses one engine throughout.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ PROMPT_TOKENS = 1536
 MAX_NEW_TOKENS = 256
 
 
-def prompt_ids(tok, row: dict) -> list[int]:
+def prompt_ids(tok, row: dict, budget: int = PROMPT_TOKENS) -> list[int]:
     ids = list(tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=True, return_dict=False))
-    return ids[-PROMPT_TOKENS:]
+    return ids[-budget:]
 
 
 class VllmGenerator:
@@ -30,6 +31,14 @@ class VllmGenerator:
 
         self.url, self.tok, self.workers = url.rstrip("/"), tok, workers
         self.client = httpx.Client(timeout=900, headers=headers or {})
+        self.budget = PROMPT_TOKENS
+        try:  # prompt + answer must fit the server's context: vLLM reports it per model
+            lens = [m.get("max_model_len") for m in self.client.get(f"{self.url}/v1/models").json()["data"]]
+            self.budget = min(PROMPT_TOKENS, min(n for n in lens if n) - MAX_NEW_TOKENS)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            pass
+        if self.budget < 16:
+            raise InputError(f"vLLM at {url}: context too short to answer task items ({self.budget + MAX_NEW_TOKENS} tokens)")
 
     def one(self, model: str, ids: list[int]) -> str:
         r = self.client.post(f"{self.url}/v1/completions", json={
@@ -40,7 +49,7 @@ class VllmGenerator:
 
     def __call__(self, model: str, rows: list[dict], progress: Callable[[], None] | None = None) -> list[str]:
         def go(row):
-            out = self.one(model, prompt_ids(self.tok, row))
+            out = self.one(model, prompt_ids(self.tok, row, self.budget))
             if progress:
                 progress()
             return out
