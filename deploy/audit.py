@@ -152,7 +152,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
 
     from deploy.scoring import NllScorer
     from deploy.serve import HOME, resolve_base
-    from deploy.task_eval import VllmGenerator, column_tasks, task_matrix
+    from deploy.task_eval import vllm_task_scores
     from deploy.vllm_server import VllmServer
 
     adapters = [a.name for a in cfg.adapters]
@@ -179,13 +179,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
             for m in models:
                 for c in columns:
                     matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
-            task_rows = {c.name: c.rows for c in columns}
-            n_tasks = sum(map(len, column_tasks(task_rows, task_limit).values()))
-            tasks = {}
-            if n_tasks:
-                gen = bar.add_task(f"greedy answers: {len(models)} models × {n_tasks} task items", total=n_tasks * len(models))
-                tasks = task_matrix(VllmGenerator(url, scorer.tok), models, task_rows, task_limit,
-                                    progress=lambda: bar.advance(gen))
+            tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar)
     finally:
         if server is not None:
             server.stop()

@@ -55,7 +55,7 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
 
     from deploy.scoring import NllScorer
     from deploy.serve import resolve_base
-    from deploy.task_eval import VllmGenerator, column_tasks, task_matrix
+    from deploy.task_eval import vllm_task_scores
 
     name, path = parse_candidate(spec)
     route = route or name
@@ -88,12 +88,8 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
             for m in models:
                 for c in columns:
                     matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
-            rows = {c.name: c.rows for c in columns}
-            n_tasks = sum(map(len, column_tasks(rows, task_limit).values()))
-            tasks = {}
-            if n_tasks:  # reported beside the verdict, which the NLL decides (see deploy/audit.py)
-                gen = bar.add_task(f"greedy answers: {len(models)} models × {n_tasks} task items", total=n_tasks * len(models))
-                tasks = task_matrix(VllmGenerator(url, scorer.tok), models, rows, task_limit, progress=lambda: bar.advance(gen))
+            # reported beside the verdict, which the NLL decides (see deploy/audit.py)
+            tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar)
         general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
         adopted, reason = judge(matrix, base, incumbent, name, route, general_cols, forgetting_limit)
         report = {"candidate": name, "path": str(path), "route": route, "incumbent": incumbent, "adopted": adopted,

@@ -111,13 +111,19 @@ def column_tasks(rows_by_column: dict[str, list[dict]], limit: int | None = None
     return {c: t[:limit] for c, rows in rows_by_column.items() if (t := task_items(rows)) and limit != 0}
 
 
-def task_matrix(generate, models: list[str], rows_by_column: dict[str, list[dict]], limit: int | None = None,
-                progress=None, before_model: Callable[[str], None] | None = None) -> dict[str, dict[str, dict]]:
-    """Every model's task score on every column that carries checkable items (greedy decoding)."""
-    tasks = column_tasks(rows_by_column, limit)
-    results: dict[str, dict[str, dict[int, bool]]] = {}
-    for m in models:
-        if before_model:
-            before_model(m)
-        results[m] = {c: solve(generate, m, rows_by_column[c], t, progress) for c, t in tasks.items()}
+def task_matrix(generate, models: list[str], rows_by_column: dict[str, list[dict]],
+                tasks: dict[str, list[tuple[int, Task]]], progress=None) -> dict[str, dict[str, dict]]:
+    """Every model's task score on every column in `tasks` (greedy decoding)."""
+    results = {m: {c: solve(generate, m, rows_by_column[c], t, progress) for c, t in tasks.items()} for m in models}
     return summarise(results, tasks)
+
+
+def vllm_task_scores(url: str, tok, models: list[str], rows_by_column: dict[str, list[dict]], limit: int, bar) -> dict:
+    """The audit's task scores: up to `limit` checkable items per column, answered by every model through vLLM,
+    with a progress bar on `bar`; {} when no column has one (or `limit` is 0)."""
+    tasks = column_tasks(rows_by_column, limit)
+    n = sum(map(len, tasks.values()))
+    if not n:
+        return {}
+    task = bar.add_task(f"greedy answers: {len(models)} models × {n} task items", total=n * len(models))
+    return task_matrix(VllmGenerator(url, tok), models, rows_by_column, tasks, progress=lambda: bar.advance(task))

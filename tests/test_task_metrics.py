@@ -107,4 +107,4 @@ def test_task_rows_assembled_per_item():
     assert out["adapter:math"]["math"] == 1.0 and out["base"]["math"] == 0.0
     assert out["routed"]["math"] == 0.5 and out["oracle"]["math"] == 1.0 and out["routed"]["code"] == 0.0
     assert assemble_tasks("r", items, {}, picks) == {}
-    assert Task(EXACT, answer="5") and check(Task(EXACT, answer="5"), "so 2 + 3 = 5")
+    assert check(Task(EXACT, answer="5"), "so 2 + 3 = 5")
