@@ -198,12 +198,12 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     decisions = router.decide_batch([it.text for it in report_items])
 
     # greedy generation is the slow part on CPU: --quick answers at most 2 checkable items per column
-    task_limit = (2 if quick else None) if tasks else 0
-    scores = score_all(run_regimes, base_dir, report_items, audit_items, log, task_limit=task_limit)
+    checkable = checkable_items(report_items, (2 if quick else None) if tasks else 0)
+    scores = score_all(run_regimes, base_dir, report_items, audit_items, checkable, log)
     doc = {"metric": "nll", "columns": COLUMNS, "rows": ["base", *(f"adapter:{d}" for d in DOMAINS), "mixed", *ROUTED_ROWS],
            "items_per_column": n_report, "audit_items_per_column": n_audit, "forgetting_limit": forgetting_limit,
            "quick": quick, "regimes": {}, "skipped_regimes": skipped,
-           "task_items": task_counts(report_items, task_limit) if task_limit != 0 else {}}
+           "task_items": task_counts(report_items, checkable)}
     for rg in run_regimes:
         per_item, audit_scores, solved = scores[rg.name]
         table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit)
@@ -232,9 +232,9 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
 
 
 def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],
-              log=print, task_limit: int | None = None) -> dict[str, tuple[dict, dict, dict]]:
+              checkable: list, log=print) -> dict[str, tuple[dict, dict, dict]]:
     """Per regime: (per-item scores of every model on the reported items, same on the audit items, and for the
-    reported items that carry a checkable task, whether each model's greedy answer is right).
+    reported items in `checkable` (index, task), whether each model's greedy answer is right).
 
     Regimes scored by vLLM share one server (its max LoRA rank is theirs); the base is scored once for them.
     Regimes scored by peft run in-process, the base included, so every matrix is computed one way throughout.
@@ -248,7 +248,6 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
 
     out: dict[str, tuple[dict, dict, dict]] = {}
     rows = [it.row for it in report_items]
-    checkable = checkable_items(report_items, task_limit)
     plan = []  # (regime or None for the shared vLLM base, model name, adapter dir)
     for rg in regimes:
         plan += [(rg, model_name(rg.name, n), rg.adapter_dir(n)) for n in [*DOMAINS, "mixed"]]
@@ -366,12 +365,12 @@ def checkable_items(items: list[EvalItem], limit: int | None = None) -> list:
     return out
 
 
-def task_counts(items: list[EvalItem], limit: int | None = None) -> dict[str, dict]:
+def task_counts(items: list[EvalItem], checkable: list) -> dict[str, dict]:
     """Per column with checkable items: how many of the reported items were answered, and with which metric."""
     from deploy.sandbox import network_isolation
 
     out: dict[str, dict] = {}
-    for i, t in checkable_items(items, limit):
+    for i, t in checkable:
         c = out.setdefault(items[i].column, {"n": 0, "metric": t.metric})
         c["n"] += 1
     if any(c["metric"] == "pass@1" for c in out.values()):
