@@ -19,6 +19,21 @@ from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
 
+_BLAS = None
+
+
+def _one_blas_thread():
+    """The head's products are small; with BLAS's default two threads, those threads keep spinning after each
+    product and take the cores from ONNX Runtime's next run (measured: a batch of 64 decisions 83 → 64 ms).
+    The controller is created on first use, when numpy's BLAS is loaded; entering its limit costs ~8 µs."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -56,6 +71,10 @@ class Head:
         )
 
     def raw_proba(self, X: np.ndarray) -> np.ndarray:
+        with _one_blas_thread():
+            return self._raw_proba(X)
+
+    def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         p_lr = _softmax(X @ self.weight.T + self.bias)
         if getattr(self, "_memory32", None) is None or self._memory32.shape != self.memory.shape[::-1]:
             self._memory32 = np.ascontiguousarray(self.memory.T, dtype=np.float32)  # once, not per call

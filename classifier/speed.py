@@ -34,7 +34,7 @@ def _timed(fn, n: int) -> list[float]:
     return out
 
 
-def measure(router: EmbeddingRouter, n: int = 200, batch: int = 64, batches: int = 10) -> dict:
+def measure(router: EmbeddingRouter, n: int = 200, batch: int = 64, batches: int = 20) -> dict:
     """Single-request latency (cache bypassed: every text is new) and batched throughput."""
     router._cache_size = 0
     for i in range(5):  # warm-up: first ONNX runs allocate
@@ -43,11 +43,9 @@ def measure(router: EmbeddingRouter, n: int = 200, batch: int = 64, batches: int
     short = _timed(lambda i: router.decide(f"{SHORT} ({i})"), n)
     long = _timed(lambda i: router.decide(f"{LONG} ({i})"), max(n // 2, 20))
     def rate(texts: list[str]) -> float:
+        """Median over `batches` timed batches (this machine is noisy: one slow round must not set the figure)."""
         router.decide_batch(texts)
-        t = time.perf_counter()
-        for _ in range(batches):
-            router.decide_batch(texts)
-        return batch * batches / (time.perf_counter() - t)
+        return batch / (float(np.median(_timed(lambda i: router.decide_batch(texts), batches))) / 1000.0)
 
     throughput = rate([f"{SHORT} ({i})" for i in range(batch)])
     mixed = rate([f"{SHORT} ({i})" if i % 2 else f"{LONG} ({i})" for i in range(batch)])

@@ -70,3 +70,14 @@ def test_onnx_encoders_match_sentence_transformers():
     int8 = build_encoder("onnx-int8").encode(texts)
     assert np.all((fp32 * ref).sum(1) > 0.999)
     assert np.all((int8 * ref).sum(1) > 0.95)
+
+
+def test_length_batches_keep_long_prompts_out_of_short_batches():
+    from classifier.encoders.base import length_batches
+
+    texts = ["short question?"] * 5 + ["a long contract clause " * 40] + ["another short one"] * 3
+    batches = length_batches(texts, batch_size=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))  # every text exactly once
+    long_batch = next(b for b in batches if 5 in b)
+    assert long_batch == [5]  # padded alone, not with the eight short ones
+    assert all(len(b) <= 3 for b in length_batches(["x"] * 8, batch_size=3))

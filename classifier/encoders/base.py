@@ -36,9 +36,8 @@ class Encoder(ABC):
         """Embed `texts` in batches (shortest first, so padding stays small), optionally with a progress bar."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = length_batches(texts, batch_size)
         if progress:
             from rich.progress import Progress
 
@@ -66,6 +65,19 @@ class Encoder(ABC):
             "dim": self.dim,
             "max_seq_length": self.max_seq_length,
         }
+
+
+def length_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of `texts` in batches of similar length: shortest first, and a batch closes early when the next
+    text is more than twice as long as its first one (every row is padded to the batch's longest, so one long
+    prompt among short ones would multiply the work of the whole batch)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    batches: list[list[int]] = []
+    for i in order:
+        if not batches or len(batches[-1]) >= batch_size or len(texts[i]) > 2 * len(texts[batches[-1][0]]) + 32:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
 
 
 def weights_fingerprint(model_dir: Path) -> str:
