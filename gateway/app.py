@@ -22,6 +22,7 @@ from gateway.models.api_router import router as models_router
 from gateway.observability import setup_logging
 from gateway.proxy import Proxy
 from gateway.state import GatewayState
+from gateway.upstream import upstream_client
 
 
 def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
@@ -48,10 +49,8 @@ def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: Embedd
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         t = cfg.gateway.timeouts
-        state.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=t.connect, read=t.first_token, write=t.first_token, pool=t.connect),
-            limits=httpx.Limits(max_connections=cfg.gateway.max_connections, max_keepalive_connections=cfg.gateway.max_connections),
-        )
+        state.client = upstream_client(httpx.Timeout(connect=t.connect, read=t.first_token, write=t.first_token, pool=t.connect),
+                                       cfg.gateway.max_connections)
         if state.router is None:
             state.router = load_or_train_router(cfg)
         try:
