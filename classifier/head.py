@@ -8,6 +8,12 @@ When routes come with one-line descriptions, a third, zero-shot part scores the 
 description; it knows nothing of any training set's phrasing, which helps most on prompts from unseen sources
 (+4 macro-F1 points on held-out source families of the routing dev set). Probabilities are calibrated by a
 temperature fitted on held-out folds.
+
+When the training rows name their sources, the linear model weighs every source family equally within its
+route (and every route equally): otherwise one large source (330 bar-exam questions among the legal prompts)
+teaches the route its own style, and prompts phrased like a smaller source fall through. Measured on held-out
+source families of the routing dev set: macro-F1 0.824 → 0.839, fallback precision 0.64 → 0.68. Weighting the
+neighbour vote the same way did not help (0.833), so it stays unweighted.
 """
 
 from __future__ import annotations
@@ -34,6 +40,23 @@ def _one_blas_thread():
     return _BLAS.limit(limits=1, user_api="blas")
 
 
+def balanced_weights(y: list[str], groups: list[str] | None) -> np.ndarray | None:
+    """Sample weights giving every route the same total weight and, within a route, every group (source family)
+    the same share. None when there are no groups: the caller then balances routes only."""
+    if groups is None:
+        return None
+    keys = list(zip(y, groups))
+    count: dict[tuple[str, str], int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    groups_per_label: dict[str, int] = {}
+    for lab, _ in count:
+        groups_per_label[lab] = groups_per_label.get(lab, 0) + 1
+    n_labels = len(groups_per_label)
+    w = np.array([1.0 / (count[k] * groups_per_label[k[0]] * n_labels) for k in keys])
+    return w * (len(keys) / w.sum())  # mean weight 1, so the regularisation strength C keeps its meaning
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -55,9 +78,11 @@ class Head:
 
     @classmethod
     def fit(cls, X: np.ndarray, y: list[str], labels: list[str], *, C: float = 10.0, k: int = 10,
-            prototypes: np.ndarray | None = None) -> "Head":
-        lr = LogisticRegression(C=C, max_iter=3000, class_weight="balanced")
-        lr.fit(X, y)
+            prototypes: np.ndarray | None = None, groups: list[str] | None = None) -> "Head":
+        """`groups` (one source family per row, or None) switches on per-source balancing of the linear model."""
+        weights = balanced_weights(y, groups)
+        lr = LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if weights is None else None)
+        lr.fit(X, y, sample_weight=weights)
         order = [list(lr.classes_).index(lab) for lab in labels]
         index = {lab: i for i, lab in enumerate(labels)}
         return cls(

@@ -81,3 +81,20 @@ def test_length_batches_keep_long_prompts_out_of_short_batches():
     long_batch = next(b for b in batches if 5 in b)
     assert long_batch == [5]  # padded alone, not with the eight short ones
     assert all(len(b) <= 3 for b in length_batches(["x"] * 8, batch_size=3))
+
+
+def test_source_balanced_weights():
+    from classifier.head import balanced_weights
+
+    y = ["legal"] * 6 + ["code"] * 2
+    groups = ["mmlu"] * 5 + ["cuad"] + ["mbpp"] * 2
+    w = balanced_weights(y, groups)
+    assert w is not None and abs(w.mean() - 1.0) < 1e-9
+    assert abs(w[:6].sum() - w[6:].sum()) < 1e-9  # every route the same total weight
+    assert abs(w[:5].sum() - w[5]) < 1e-9  # within legal, the one cuad row weighs as much as five mmlu rows
+    assert balanced_weights(y, None) is None
+
+
+def test_router_records_its_weighting(example_router):
+    doc = json.loads((example_router / "router.json").read_text())
+    assert doc["training"]["weighting"] == "per source family within each route"  # the example set names sources

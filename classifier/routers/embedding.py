@@ -74,15 +74,18 @@ class EmbeddingRouter(Router):
             protos[[labels.index(n) for n in names]] = encoder.encode([descriptions[n] for n in names])
         y = list(ex.labels)
         y_idx = np.array([labels.index(v) for v in y])
+        families = [source_family(s) for s in ex.sources]
+        groups = families if all(families) else None  # rows without a source: balance routes only
         folds, scheme = held_out_folds(ex, y, max_folds)
         log(f"validating on {len(folds)} folds: {scheme}")
         raw = np.zeros((len(y), len(labels)), dtype=np.float64)
         for train, test in folds:
             present = sorted({y[i] for i in train})
             sub_protos = None if protos is None else protos[[labels.index(lab) for lab in present]]
-            head = Head.fit(X[train], [y[i] for i in train], present, prototypes=sub_protos)
+            head = Head.fit(X[train], [y[i] for i in train], present, prototypes=sub_protos,
+                            groups=None if groups is None else [groups[i] for i in train])
             raw[np.ix_(test, [labels.index(lab) for lab in present])] = head.raw_proba(X[test])
-        head = Head.fit(X, y, labels, prototypes=protos)
+        head = Head.fit(X, y, labels, prototypes=protos, groups=groups)
         head.fit_temperature(raw, y_idx)
         calibrated = temper(raw, head.temperature)
         thresholds = tune_thresholds(calibrated, y, labels, fallback)
@@ -97,6 +100,7 @@ class EmbeddingRouter(Router):
                 "examples": len(y),
                 "label_counts": {lab: y.count(lab) for lab in labels},
                 "descriptions": descriptions,
+                "weighting": "per source family within each route" if groups else "per route",
             },
             "validation": validation,
         }
