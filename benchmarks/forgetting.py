@@ -155,13 +155,13 @@ def train_router(shared: Path, log=print):
     from benchmarks.routing_methods import DESCRIPTIONS
     from classifier.data import load_examples
     from classifier.encoders import DEFAULT_BACKEND, build_encoder
-    from classifier.routers.embedding import EmbeddingRouter
+    from classifier.routers.embedding import RECIPE, EmbeddingRouter
 
     data = shared / "routing" / "dev.jsonl"
     if not data.is_file():
         raise InputError(f"{data}: routing data not found")
     ex = load_examples(data)
-    out = Path.home() / ".cache" / "forgetless" / "bench" / f"router-{ex.sha256[:12]}"
+    out = Path.home() / ".cache" / "forgetless" / "bench" / f"router-{ex.sha256[:12]}-r{RECIPE}"
     encoder = build_encoder(DEFAULT_BACKEND)
     if (out / "router.json").is_file():
         return EmbeddingRouter.load(out, encoder)

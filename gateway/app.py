@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from classifier.data import load_training_examples
 from classifier.errors import InputError
-from classifier.routers.embedding import EmbeddingRouter
+from classifier.routers.embedding import RECIPE, EmbeddingRouter
 from gateway.admin.api_router import router as admin_router
 from gateway.chat.api_router import router as chat_router
 from gateway.completions.api_router import router as completions_router
@@ -37,6 +37,13 @@ def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
             desc = None
         EmbeddingRouter.fit(ex, cfg.router.fallback, descriptions=desc).save(path)
     router = EmbeddingRouter.load(path)
+    if cfg.router.train_data:
+        trained = router.meta.get("training", {})
+        data_sha = load_training_examples(cfg.router.train_data, cfg.router.fallback).sha256
+        if trained.get("data_sha256") != data_sha or trained.get("recipe") != RECIPE:
+            why = "different data" if trained.get("data_sha256") != data_sha else "an older training recipe"
+            log(f"warning: the router in {path} was trained on {why} than router.train_data ({cfg.router.train_data}) "
+                f"gives now; it is used as it is (delete {path} to retrain)")
     if router.fallback != cfg.router.fallback:
         raise InputError(f"{path}: router falls back to '{router.fallback}', routes.yaml says router.fallback '{cfg.router.fallback}'")
     return router

@@ -215,3 +215,25 @@ def test_vllm_dies_with_a_killed_serve(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_stale_router_is_reported_not_silently_used(tmp_path, example_router):
+    """A router directory trained on other data than router.train_data gives now: used as it is (never overwritten),
+    with a warning naming the directory and how to retrain."""
+    from gateway.app import load_or_train_router
+    from gateway.config import load_config
+
+    router_dir = tmp_path / "router"
+    shutil.copytree(example_router, router_dir)
+    lines = (REPO / "examples" / "routing.jsonl").read_text().splitlines()
+    changed = tmp_path / "routing.jsonl"
+    changed.write_text("\n".join(lines[:-1]) + "\n")  # one example fewer
+    cfg = load_config(_config(tmp_path, lambda d: d["router"].update(train_data=str(changed))))
+    said: list[str] = []
+    router = load_or_train_router(cfg, log=said.append)
+    assert router.labels and (router_dir / "router.json").read_text() == (example_router / "router.json").read_text()
+    assert any("different data" in s and str(router_dir) in s for s in said), said
+    cfg = load_config(_config(tmp_path, lambda d: None))  # the data it was trained on: nothing to say
+    said.clear()
+    load_or_train_router(cfg, log=said.append)
+    assert said == []

@@ -21,6 +21,9 @@ from classifier.routers.base import Decision, Router
 from classifier.thresholds import apply_thresholds, tune_thresholds
 
 FORMAT_VERSION = 1
+#: bumped whenever training changes what a router learns from the same data (2: per-source weighting), so caches
+#: keyed by the data's hash can tell an older router from a current one
+RECIPE = 2
 ROUTER_FILE, HEAD_FILE = "router.json", "head.npz"
 
 
@@ -101,6 +104,7 @@ class EmbeddingRouter(Router):
                 "label_counts": {lab: y.count(lab) for lab in labels},
                 "descriptions": descriptions,
                 "weighting": "per source family within each route" if groups else "per route",
+                "recipe": RECIPE,
             },
             "validation": validation,
         }
