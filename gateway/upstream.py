@@ -3,7 +3,7 @@
 httpx's own pool (httpcore 1.0) checks every pooled connection with a poll() system call on each request, so its
 cost grows with the number of open connections; with 64 concurrent clients that was 28 % of the gateway's event
 loop, and swapping in aiohttp's pool through `httpx-aiohttp` took the gateway from 443 to 1,144 requests/s in
-front of an instant responder (same machine, same run). Everything above the transport stays httpx.
+front of an instant responder (same load script, one run each). Everything above the transport stays httpx.
 
 httpx-aiohttp maps every aiohttp connection error to `httpx.ConnectTimeout`; the proxy treats timeouts and
 connection failures differently (504 vs. retry on the base model, then 503), so this transport restores the
@@ -54,5 +54,6 @@ class UpstreamTransport(AiohttpTransport):
 
 
 def upstream_client(timeout: httpx.Timeout, max_connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(timeout=timeout, transport=UpstreamTransport(limits=limits))
+    # the transport reads max_connections (aiohttp's pool limit) and keepalive_expiry; aiohttp keeps every
+    # released connection alive, so there is no separate keep-alive count to set
+    return httpx.AsyncClient(timeout=timeout, transport=UpstreamTransport(limits=httpx.Limits(max_connections=max_connections)))
