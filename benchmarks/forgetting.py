@@ -152,7 +152,6 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
 
 def train_router(shared: Path, log=print):
     """forgetless's default router trained on the shared routing data (cached by data hash)."""
-    from benchmarks.routing_methods import DESCRIPTIONS
     from classifier.data import load_examples
     from classifier.encoders import DEFAULT_BACKEND, build_encoder
     from classifier.routers.embedding import RECIPE, EmbeddingRouter
@@ -167,8 +166,7 @@ def train_router(shared: Path, log=print):
         return EmbeddingRouter.load(out, encoder)
     log(f"training the router on {data}")
     X = encoder.encode(ex.texts, progress=True)
-    desc = {k: v for k, v in DESCRIPTIONS.items() if k in ex.label_set}
-    router = EmbeddingRouter.fit_embeddings(X, ex, "general", encoder, max_folds=5, descriptions=desc)
+    router = EmbeddingRouter.fit_embeddings(X, ex, "general", encoder, max_folds=5)  # built-in topic lines
     router.save(out)
     return router
 

@@ -14,7 +14,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from classifier.data import Examples
 from classifier.routers.embedding import EmbeddingRouter
 
-#: one-line route descriptions, as a user would write them (used by the zero-shot baseline)
+#: one-line route descriptions, as a user would write them (the zero-shot baseline's only knowledge of the routes)
 DESCRIPTIONS = {
     "legal": "Legal questions: contracts, clauses, statutes, court cases, liability and legal rights.",
     "medical": "Medical questions: symptoms, diseases, diagnosis, treatment, drugs, anatomy and biomedical research.",
@@ -29,8 +29,8 @@ class Forgetless:
     name = "forgetless"
 
     def fit(self, X, ex: Examples, fallback: str, encoder):
-        desc = {k: v for k, v in DESCRIPTIONS.items() if k in ex.label_set}
-        self.r = EmbeddingRouter.fit_embeddings(X, ex, fallback, encoder, max_folds=5, descriptions=desc)
+        # the default configuration: the built-in topic lines of the standard routes (classifier/topics.py)
+        self.r = EmbeddingRouter.fit_embeddings(X, ex, fallback, encoder, max_folds=5)
         return self
 
     def decide(self, X):

@@ -55,14 +55,19 @@ def train(
     encoder: Annotated[str, typer.Option("--encoder", help=f"Encoder backend: {', '.join(ENCODERS)}.")] = DEFAULT_BACKEND,
     encoder_model: EncoderModel = None,
     descriptions: Annotated[
-        Optional[Path], typer.Option("--descriptions", help="YAML/JSON mapping route -> one-line description (adds a zero-shot signal).")
+        Optional[Path], typer.Option("--descriptions", help="YAML/JSON mapping route -> a description line or a list of topic lines (the zero-shot part).")
     ] = None,
+    builtin_topics: Annotated[
+        bool, typer.Option("--builtin-topics/--no-builtin-topics",
+                           help="Give routes named legal, medical, code, math, finance or general built-in topic lines when --descriptions has none for them.")
+    ] = True,
 ):
     """Train a router from labelled JSONL and save it to --out."""
     ex = load_training_examples(data, fallback)
     desc = load_descriptions(descriptions) if descriptions else None
     enc = build_encoder(encoder, encoder_model)
-    router = EmbeddingRouter.fit(ex, fallback, enc, progress=True, log=lambda s: err.print(s), descriptions=desc)
+    router = EmbeddingRouter.fit(ex, fallback, enc, progress=True, log=lambda s: err.print(s), descriptions=desc,
+                                 builtin_topics=builtin_topics)
     router.save(out)
     val = router.meta["validation"]
     Console().print(metrics_table(val, f"validation ({val['scheme']})"))

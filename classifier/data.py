@@ -104,9 +104,11 @@ def source_family(source: str | None) -> str | None:
     return f"{dataset}/{subset.split('_', 1)[0]}" if subset else dataset
 
 
-def load_descriptions(path: str | Path) -> dict[str, str]:
-    """A YAML (or JSON) mapping of route name to a one-line description."""
+def load_descriptions(path: str | Path) -> dict[str, list[str]]:
+    """A YAML (or JSON) mapping of route name to a description line or a list of topic lines."""
     import yaml
+
+    from classifier.topics import as_lines
 
     p = Path(path)
     if not p.is_file():
@@ -115,6 +117,6 @@ def load_descriptions(path: str | Path) -> dict[str, str]:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not valid YAML/JSON ({type(exc).__name__})") from None
-    if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
-        raise InputError(f"{p}: expected a mapping of route name to description text")
-    return doc
+    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
+        raise InputError(f"{p}: expected a mapping of route name to a line or a list of lines")
+    return {k: as_lines(v, f"{p}: route {k!r}") for k, v in doc.items()}

@@ -35,7 +35,11 @@ class BaseModelConfig(_Strict):
 class AdapterConfig(_Strict):
     name: str
     path: Path
+    #: one line for people (listed by /v1/models); the router reads it only when the route has no topics
     description: str = ""
+    #: short lines naming what the route covers, for the router's zero-shot part (classifier/topics.py);
+    #: the standard routes (legal, medical, code, math, finance, general) have built-in ones
+    topics: list[str] = []
 
     @field_validator("name")
     @classmethod
@@ -59,9 +63,9 @@ class RouterConfig(_Strict):
     #: fallback below that route's threshold); `expected_quality` = the model maximising
     #: sum over routes of p(route | prompt) x quality(model, route) from the audit's capability matrix
     selection: Literal["top1", "expected_quality"] = "top1"
-    #: one-line descriptions of routes without an adapter (the fallback, say); adapters' own descriptions are
-    #: used for theirs. They add a zero-shot signal when the router is trained at start-up.
-    descriptions: dict[str, str] = {}
+    #: topic lines (or one description line) of routes without an adapter entry, the fallback say; they feed
+    #: the router's zero-shot part when it is trained at start-up
+    descriptions: dict[str, str | list[str]] = {}
 
 
 class Timeouts(_Strict):
@@ -121,8 +125,20 @@ class RoutesConfig(_Strict):
     def upstream_url(self) -> str:
         return (self.vllm.url or f"http://{self.vllm.host}:{self.vllm.port}").rstrip("/")
 
-    def route_descriptions(self) -> dict[str, str]:
-        return {**{a.name: a.description for a in self.adapters if a.description}, **self.router.descriptions}
+    def route_topics(self) -> dict[str, list[str]]:
+        """The zero-shot lines given for each route: an adapter's topics, else the built-in topics of a standard
+        route name, else its description; then router.descriptions. Routes left out get built-in topics when
+        the router is trained, or none."""
+        from classifier.topics import BUILTIN_TOPICS, as_lines
+
+        out: dict[str, list[str]] = {}
+        for a in self.adapters:
+            lines = a.topics or BUILTIN_TOPICS.get(a.name) or as_lines(a.description, f"adapter {a.name!r}")
+            if lines:
+                out[a.name] = list(lines)
+        for name, v in self.router.descriptions.items():
+            out[name] = as_lines(v, f"router.descriptions.{name}")
+        return out
 
     @property
     def model_names(self) -> list[str]:

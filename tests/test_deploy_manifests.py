@@ -95,3 +95,11 @@ def test_gateway_dockerfile_copies_real_paths_and_runs_a_real_command():
     assert entry[0] == "forgetless"
     r = run_cli(*entry[1:], "--help")
     assert r.returncode == 0, r.stderr
+
+
+def test_readme_routes_yaml_example_is_a_valid_config():
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## routes.yaml"):].split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = RoutesConfig.model_validate(yaml.safe_load(block))
+    assert cfg.adapters[0].description == "Contracts, statutes, litigation."
+    assert cfg.route_topics()["legal"] == cfg.adapters[0].topics and cfg.route_topics()["general"]

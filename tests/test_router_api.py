@@ -98,3 +98,64 @@ def test_source_balanced_weights():
 def test_router_records_its_weighting(example_router):
     doc = json.loads((example_router / "router.json").read_text())
     assert doc["training"]["weighting"] == "per source family within each route"  # the example set names sources
+
+
+def test_topic_lines_score_a_route_by_its_closest_line():
+    from classifier.head import Head
+
+    # two routes; "a" has two topic lines pointing different ways, "b" one line
+    protos = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    head = Head(["a", "b"], weight=np.zeros((2, 2), np.float32), bias=np.zeros(2, np.float32),
+                memory=np.eye(2, dtype=np.float16), memory_labels=np.array([0, 1], np.int32), k=2,
+                prototypes=protos, prototype_labels=np.array([0, 0, 1], np.int32))
+    X = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    p = head.raw_proba(X)
+    # [0, 1] matches a's second line exactly (1.0 > 0.8 for b), [1, 0] a's first line: "a" wins both
+    assert (p.argmax(axis=1) == [0, 0]).all()
+    # an average of a's lines would lose the first prompt to b
+    mean_a = protos[:2].mean(axis=0)
+    assert X[0] @ mean_a < X[0] @ protos[2]
+
+
+def test_routers_saved_with_one_line_per_route_still_load(example_router, tmp_path):
+    """Before topic lists, head.npz held one prototype row per route (zeros where none) and no prototype_labels."""
+    copy = tmp_path / "r"
+    shutil.copytree(example_router, copy)
+    r = EmbeddingRouter.load(copy)
+    with np.load(copy / "head.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    enc = r.encoder
+    old = np.zeros((len(r.labels), enc.dim), dtype=np.float32)
+    old[r.labels.index("legal")] = enc.encode(["Contracts, courts and statutes."])[0]
+    old[r.labels.index("code")] = enc.encode(["Programming and debugging."])[0]
+    arrays["prototypes"] = old
+    del arrays["prototype_labels"]
+    np.savez(copy / "head.npz", **arrays)
+    loaded = EmbeddingRouter.load(copy)
+    assert loaded.head.prototypes.shape == (2, enc.dim)
+    assert sorted(r.labels[i] for i in loaded.head.prototype_labels) == ["code", "legal"]
+    assert loaded.decide("Write a Python function that reverses a list").route in r.labels
+
+
+def test_default_training_uses_builtin_topics_and_user_lines_replace_them(tmp_path):
+    from conftest import EXAMPLES
+
+    from classifier.data import load_examples
+    from classifier.topics import BUILTIN_TOPICS
+
+    ex = load_examples(EXAMPLES)
+    enc = build_encoder("onnx-int8")
+    X = enc.encode(ex.texts)
+    said = []
+    r = EmbeddingRouter.fit_embeddings(X, ex, "general", enc, max_folds=3, log=said.append,
+                                       descriptions={"legal": ["Contracts.", "Courts."]})
+    topics = r.meta["training"]["descriptions"]
+    assert topics["legal"] == ["Contracts.", "Courts."] and topics["math"] == BUILTIN_TOPICS["math"]
+    n_lines = sum(len(v) for v in topics.values())
+    assert r.head.prototypes.shape == (n_lines, enc.dim) and len(r.head.prototype_labels) == n_lines
+    assert any("yours: legal" in s and "built-in: code" in s for s in said)
+    bare = EmbeddingRouter.fit_embeddings(X, ex, "general", enc, max_folds=3, builtin_topics=False)
+    assert bare.head.prototypes is None and bare.meta["training"]["descriptions"] == {}
+    with pytest.raises(InputError, match="missing: code, finance, math, medical"):
+        EmbeddingRouter.fit_embeddings(X, ex, "general", enc, max_folds=3, builtin_topics=False,
+                                       descriptions={"legal": "Contracts.", "general": "Chat."})

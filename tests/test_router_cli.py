@@ -15,13 +15,19 @@ def test_train_prints_validation_and_saves_inspectable_router(example_router):
     assert set(doc["thresholds"]) == set(doc["labels"]) - {"general"}
     assert doc["encoder"]["backend"] == "onnx-int8" and doc["encoder"]["dim"] == 384
     assert len(doc["training"]["data_sha256"]) == 64
-    assert set(doc["training"]["descriptions"]) == set(doc["labels"])
+    topics = doc["training"]["descriptions"]
+    assert set(topics) == set(doc["labels"])
+    assert topics["legal"] == ["Contracts and the clauses in them.", "Courts, lawsuits and legal rights.",
+                               "Statutes and regulations."]  # examples/route_descriptions.yaml's list
+    assert topics["math"] == ["Arithmetic word problems, algebra and mathematical reasoning."]  # its one line
     assert doc["validation"]["scheme"].startswith("held-out source families")
     assert 0.5 < doc["validation"]["macro_f1"] <= 1.0
     import numpy as np
 
     with np.load(example_router / "head.npz", allow_pickle=False) as z:  # no pickles anywhere
         assert z["weight"].shape == (6, 384)
+        n_lines = sum(len(v) for v in topics.values())
+        assert z["prototypes"].shape == (n_lines, 384) and z["prototype_labels"].shape == (n_lines,)
 
 
 def test_eval_json_is_one_object_with_contract_keys(example_router):
@@ -106,8 +112,16 @@ def test_missing_data_file(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
-def test_partial_descriptions_are_refused(tmp_path):
+def test_partial_descriptions_are_refused_without_builtin_topics(tmp_path):
     d = tmp_path / "d.yaml"
-    d.write_text("legal: Contracts and courts.\ngeneral: Small talk.\n")
-    r = run_cli("route", "train", "--data", EXAMPLES, "--out", tmp_path / "r", "--descriptions", d)
+    d.write_text("legal: Contracts and courts.\ngeneral: [Small talk., Trivia.]\n")
+    r = run_cli("route", "train", "--data", EXAMPLES, "--out", tmp_path / "r", "--descriptions", d,
+                "--no-builtin-topics")
     assert r.returncode == 2 and "missing: code, finance, math, medical" in r.stderr
+
+
+def test_descriptions_file_with_a_bad_entry_names_the_route(tmp_path):
+    d = tmp_path / "d.yaml"
+    d.write_text("legal: {a: 1}\n")
+    r = run_cli("route", "train", "--data", EXAMPLES, "--out", tmp_path / "r", "--descriptions", d)
+    assert r.returncode == 2 and "route 'legal'" in r.stderr and "Traceback" not in r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -237,3 +238,44 @@ def test_stale_router_is_reported_not_silently_used(tmp_path, example_router):
     said.clear()
     load_or_train_router(cfg, log=said.append)
     assert said == []
+
+
+def test_router_trained_at_start_up_reads_topics_then_builtin_then_description(tmp_path):
+    """An adapter's `topics` win; a standard route name without them gets the built-in lines (not its one-line
+    description, which is for people); router.descriptions covers routes without an adapter."""
+    from classifier.topics import BUILTIN_TOPICS
+    from gateway.app import load_or_train_router
+    from gateway.config import load_config
+
+    def mutate(d):
+        d["adapters"][0]["topics"] = ["Contracts.", "Courts."]  # legal
+        d["router"]["descriptions"] = {"general": ["Small talk.", "Trivia."]}
+
+    cfg = load_config(_config(tmp_path, mutate))
+    said: list[str] = []
+    router = load_or_train_router(cfg, log=said.append)
+    topics = router.meta["training"]["descriptions"]
+    assert topics["legal"] == ["Contracts.", "Courts."] and topics["general"] == ["Small talk.", "Trivia."]
+    assert topics["medical"] == BUILTIN_TOPICS["medical"]
+    assert router.head.prototypes.shape[0] == sum(len(v) for v in topics.values())
+    assert any(s.startswith("zero-shot topics") for s in said), said
+
+
+def test_a_route_without_any_lines_trains_without_zero_shot(tmp_path):
+    from gateway.app import load_or_train_router
+    from gateway.config import load_config
+
+    data = tmp_path / "routing.jsonl"
+    rows = [json.loads(x) for x in (REPO / "examples" / "routing.jsonl").read_text().splitlines() if x.strip()]
+    for row in rows:
+        row["label"] = "contracts" if row["label"] == "legal" else row["label"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def mutate(d):
+        d["adapters"][0].update(name="contracts", description="")
+        d["router"]["train_data"] = str(data)
+
+    said: list[str] = []
+    router = load_or_train_router(load_config(_config(tmp_path, mutate)), log=said.append)
+    assert router.head.prototypes is None and "contracts" in router.labels
+    assert any("without topics or a description (contracts)" in s for s in said), said

@@ -19,11 +19,13 @@ from classifier.head import Head, temper
 from classifier.metrics import routing_metrics
 from classifier.routers.base import Decision, Router
 from classifier.thresholds import apply_thresholds, tune_thresholds
+from classifier.topics import as_lines, resolve_topics
 
 FORMAT_VERSION = 1
-#: bumped whenever training changes what a router learns from the same data (2: per-source weighting), so caches
+#: bumped whenever training changes what a router learns from the same data (2: per-source weighting, 3: topic
+#: lists per route, built-in ones for the standard routes), so caches
 #: keyed by the data's hash can tell an older router from a current one
-RECIPE = 2
+RECIPE = 3
 ROUTER_FILE, HEAD_FILE = "router.json", "head.npz"
 
 
@@ -50,31 +52,31 @@ class EmbeddingRouter(Router):
     # ---- training -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, ex: Examples, fallback: str = "general", encoder: Encoder | None = None,
-            progress: bool = False, log=lambda msg: None, descriptions: dict[str, str] | None = None) -> "EmbeddingRouter":
+            progress: bool = False, log=lambda msg: None, descriptions: dict[str, str | list[str]] | None = None,
+            builtin_topics: bool = True) -> "EmbeddingRouter":
         encoder = encoder or build_encoder(DEFAULT_BACKEND)
         X = encoder.encode(ex.texts, progress=progress)
-        return cls.fit_embeddings(X, ex, fallback, encoder, log=log, descriptions=descriptions)
+        return cls.fit_embeddings(X, ex, fallback, encoder, log=log, descriptions=descriptions,
+                                  builtin_topics=builtin_topics)
 
     @classmethod
     def fit_embeddings(cls, X: np.ndarray, ex: Examples, fallback: str, encoder: Encoder, log=lambda msg: None,
-                       max_folds: int = 30, descriptions: dict[str, str] | None = None) -> "EmbeddingRouter":
+                       max_folds: int = 30, descriptions: dict[str, str | list[str]] | None = None,
+                       builtin_topics: bool = True) -> "EmbeddingRouter":
         """Fit on precomputed embeddings `X` of `ex.texts` (benchmarks reuse one encoding across folds).
 
-        `descriptions` (route -> one line, for every route) adds the zero-shot part of the head.
+        `descriptions` (route -> a line or a list of topic lines) are the user's zero-shot lines; routes without
+        them get classifier/topics.py's built-in lines when `builtin_topics`, and the zero-shot part of the head
+        is on when every route has lines.
         """
         labels = ex.label_set
-        descriptions = {k: v for k, v in (descriptions or {}).items() if v and v.strip()}
-        unknown = sorted(set(descriptions) - set(labels))
-        if unknown:
-            raise InputError(f"route descriptions name routes without training examples: {', '.join(unknown)}")
-        missing = sorted(set(labels) - set(descriptions)) if descriptions else []
-        if missing:  # a zero-shot vote among some routes only would pull every prompt towards those
-            raise InputError(f"route descriptions must cover every route; missing: {', '.join(missing)}")
-        protos = None
-        if descriptions:
-            protos = np.zeros((len(labels), X.shape[1]), dtype=np.float32)
-            names = [lab for lab in labels if lab in descriptions]
-            protos[[labels.index(n) for n in names]] = encoder.encode([descriptions[n] for n in names])
+        given = {k: as_lines(v, f"route descriptions: {k!r}") for k, v in (descriptions or {}).items()}
+        topics, said = resolve_topics(labels, given, builtin=builtin_topics)
+        log(said)
+        protos, proto_labels = None, None
+        if topics:
+            proto_labels = [lab for lab in labels for _ in topics[lab]]
+            protos = encoder.encode([line for lab in labels for line in topics[lab]])
         y = list(ex.labels)
         y_idx = np.array([labels.index(v) for v in y])
         families = [source_family(s) for s in ex.sources]
@@ -84,11 +86,13 @@ class EmbeddingRouter(Router):
         raw = np.zeros((len(y), len(labels)), dtype=np.float64)
         for train, test in folds:
             present = sorted({y[i] for i in train})
-            sub_protos = None if protos is None else protos[[labels.index(lab) for lab in present]]
-            head = Head.fit(X[train], [y[i] for i in train], present, prototypes=sub_protos,
+            lines = None if protos is None else [j for j, lab in enumerate(proto_labels) if lab in present]
+            head = Head.fit(X[train], [y[i] for i in train], present,
+                            prototypes=None if lines is None else protos[lines],
+                            prototype_labels=None if lines is None else [proto_labels[j] for j in lines],
                             groups=None if groups is None else [groups[i] for i in train])
             raw[np.ix_(test, [labels.index(lab) for lab in present])] = head.raw_proba(X[test])
-        head = Head.fit(X, y, labels, prototypes=protos, groups=groups)
+        head = Head.fit(X, y, labels, prototypes=protos, prototype_labels=proto_labels, groups=groups)
         head.fit_temperature(raw, y_idx)
         calibrated = temper(raw, head.temperature)
         thresholds = tune_thresholds(calibrated, y, labels, fallback)
@@ -102,7 +106,7 @@ class EmbeddingRouter(Router):
                 "data_sha256": ex.sha256,
                 "examples": len(y),
                 "label_counts": {lab: y.count(lab) for lab in labels},
-                "descriptions": descriptions,
+                "descriptions": topics or {},
                 "weighting": "per source family within each route" if groups else "per route",
                 "recipe": RECIPE,
             },
@@ -188,12 +192,13 @@ class EmbeddingRouter(Router):
         try:
             with np.load(head_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in ("weight", "bias", "memory", "memory_labels")}
-                arrays["prototypes"] = z["prototypes"] if "prototypes" in z.files else None
+                arrays["prototypes"], arrays["prototype_labels"] = Head.topics_from_arrays(
+                    labels, *(z[k] if k in z.files else None for k in ("prototypes", "prototype_labels")))
         except Exception as exc:  # corrupted zip, missing array, pickled content
             raise InputError(f"{head_path}: unreadable head arrays ({type(exc).__name__}: {exc})") from None
         protos = arrays["prototypes"]
         if arrays["weight"].shape[0] != len(labels) or fallback not in labels or (
-                protos is not None and protos.shape != arrays["weight"].shape):
+                protos is not None and protos.shape[1] != arrays["weight"].shape[1]):
             raise InputError(f"{path}: head arrays do not match the labels in {ROUTER_FILE}")
         encoder = encoder or build_encoder(ident.get("backend", ""), encoder_model)
         mine = encoder.identity()
