@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmarks.forgetting_regimes import DOMAINS, REGIMES, Regime, ensure_adapters, missing_adapters
 from benchmarks.processes import free_port
 from classifier.errors import InputError
+from deploy.audit import SURE_MIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -89,7 +90,7 @@ def choices(regime: str, items: list[EvalItem], decisions: list, table, ungated:
     """Per routed row, the model that answers each item."""
     served = {BASE, *(model_name(regime, d) for d in DOMAINS)}
     return {
-        "routed": [table.routes.get(dec.route, BASE) for dec in decisions],
+        "routed": [table.model_for(dec.route, dec.probs.get(dec.route, dec.probability)) or BASE for dec in decisions],
         "routed_expected": [table.expected_quality(dec.probs, served, BASE) for dec in decisions],
         "routed_ungated": [ungated.get(dec.route, BASE) for dec in decisions],
         "oracle": [model_name(regime, it.column) if it.column in DOMAINS else BASE for it in items],
@@ -133,7 +134,8 @@ def _share(items: list[EvalItem], picks: list[str], column: str, regime: str) ->
     return {m: round(got.count(m) / len(got), 3) for m in sorted(set(got))} if got else {}
 
 
-def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, forgetting_limit: float):
+def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, forgetting_limit: float,
+                sure_min: float | None = SURE_MIN):
     """The audit (forgetless's own build_table) on the held-apart audit items of this regime."""
     from deploy.audit import build_table
 
@@ -142,11 +144,12 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     matrix = column_matrix(models, audit_items, audit_scores)
     renamed = {BASE: matrix[BASE], **{d: matrix[model_name(regime, d)] for d in DOMAINS}}
     table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general",
-                                switch_margin=0.02)
+                                switch_margin=0.02, sure_min=sure_min)
     table.routes["general"] = BASE
     table.routes = {r: (m if m == BASE else model_name(regime, m)) for r, m in table.routes.items()}
     table.quality = {r: {(m if m == BASE else model_name(regime, m)): q for m, q in row.items()} for r, row in table.quality.items()}
     table.flagged = [model_name(regime, a) for a in table.flagged]
+    table.sure = {r: model_name(regime, a) for r, a in table.sure.items()}
     return table, report
 
 
@@ -213,7 +216,8 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
             "matrix": res["matrix"], "choices": res["choices"],
             "tasks": assemble_tasks(rg.name, report_items, solved, res["picks"]),
             "table": {"routes": {r: m.removeprefix(f"{rg.name}-") for r, m in table.routes.items()},
-                      "flagged": [f.removeprefix(f"{rg.name}-") for f in table.flagged]},
+                      "flagged": [f.removeprefix(f"{rg.name}-") for f in table.flagged],
+                      "sure": {r: m.removeprefix(f"{rg.name}-") for r, m in table.sure.items()}, "sure_min": table.sure_min},
             "targets": targets(res["matrix"], aggressive=rg.name == "aggressive"),
         }
     matrices = doc["regimes"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks.forgetting_regimes import DOMAINS
+from deploy.audit import SURE_MIN
 
 GENERAL = ["general", "general_chat", "wikitext"]
 
@@ -69,7 +70,8 @@ def markdown(doc: dict) -> str:
              f"and `routed_expected` used {doc['audit_items_per_column']} other items per column. Router: forgetless's default, "
              f"trained on {doc['router']['data']}.", "",
              "Rows: `base`; `adapter:<d>` alone; `mixed` = one LoRA on all five domains with the same total budget; "
-             "`routed` = router top-1 → the audit's quality-gated table; `routed_expected` = expected-quality policy; "
+             "`routed` = router top-1 → the audit's quality-gated table (a flagged adapter that wins its own domain serves it only "
+             f"when the router is ≥ {SURE_MIN:.0%} sure); `routed_expected` = expected-quality policy; "
              "`routed_ungated` = router top-1 → adapter of that name, no audit; `oracle` = adapter of the true domain "
              "(base for general columns).", ""]
     for c, reason in doc.get("skipped_regimes", {}).items():
@@ -91,7 +93,9 @@ def markdown(doc: dict) -> str:
                   "| adapter | own-domain gain | " + " | ".join(GENERAL) + " | audit verdict |", "|---" * (len(GENERAL) + 3) + "|"]
         for d in DOMAINS:
             row = m[f"adapter:{d}"]
-            verdict = "flagged (forgets)" if d in r["table"]["flagged"] else (
+            sure = r["table"].get("sure", {}).get(d) == d
+            verdict = (f"flagged (forgets): serves {d} when the router is ≥ {r['table']['sure_min']:.0%} sure" if sure
+                       else "flagged (forgets)") if d in r["table"]["flagged"] else (
                 "used" if r["table"]["routes"].get(d) == d else f"route → {r['table']['routes'].get(d)}")
             lines.append(f"| {d} | {-rel(row[d], base[d]):+.1%} | " + " | ".join(f"{rel(row[c], base[c]):+.1%}" for c in GENERAL)
                          + f" | {verdict} |")

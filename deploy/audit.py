@@ -2,7 +2,8 @@
 report what each adapter gained and what it forgot, and write the quality-gated routing table.
 
 A route goes to the model with the lowest NLL on that route's eval set, provided it is the base or an adapter
-that is not flagged for forgetting (general NLL worse than base by more than `forgetting_limit`).
+that is not flagged for forgetting (general NLL worse than base by more than `forgetting_limit`); a flagged
+adapter that clearly wins its own route serves it only when the router is sure (`sure_min`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from deploy.adapter_check import check_adapter
 from gateway.routing_table import RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
-
+#: default probability above which a flagged adapter serves its own route (see build_table)
+SURE_MIN = 0.9
 
 @dataclass
 class Column:
@@ -70,7 +72,7 @@ def forgetting_report(matrix: dict[str, dict[str, float]], base: str, adapters: 
 
 def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
                 general_cols: list[str], limit: float, fallback: str | None = None,
-                switch_margin: float = 0.02) -> tuple[RoutingTable, dict[str, dict]]:
+                switch_margin: float = 0.02, sure_min: float | None = SURE_MIN) -> tuple[RoutingTable, dict[str, dict]]:
     """Top-1 table: each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval
     set. Differences within `switch_margin` (relative NLL) count as ties, settled for the route's own adapter when
     it beats the base, else for the base: on a few eval items another adapter can win a route by chance, and
@@ -78,11 +80,16 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
 
     `quality` keeps every model's relative gain over the base per route (flagged adapters too: their losses are
     in it) for expected-quality routing; the fallback route's quality is the mean over all general sets, since
-    every kind of general request lands there."""
+    every kind of general request lands there.
+
+    A flagged adapter that beats the base on its own route by more than `switch_margin`, where the base would
+    serve that route otherwise, becomes the route's sure-only model: it serves prompts the router gives that route
+    a probability of at least `sure_min` (None: never). Forgetting hurts only the general prompts that reach the
+    adapter, and the router rarely gives a general prompt such a probability for a domain route."""
     report = forgetting_report(matrix, base, adapters, general_cols, limit)
     flagged = [a for a in adapters if report[a]["flagged"]]
     usable = [base] + [a for a in adapters if a not in flagged]
-    table = RoutingTable(flagged=flagged)
+    table = RoutingTable(flagged=flagged, sure_min=sure_min if sure_min is not None else SURE_MIN)
     for r in routes:
         cols = [c for c in general_cols if c in matrix[base]] if r == fallback else [r]
         if cols and all(c in matrix[base] for c in cols):
@@ -91,6 +98,9 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
             default = r if r in usable and gain[r] > 0 else base
             table.routes[r] = best if gain[best] - gain[default] > switch_margin else default
             table.quality[r] = {m: round(g, 6) for m, g in gain.items()}
+            if sure_min is not None and r != fallback and r in flagged and table.routes[r] == base \
+                    and gain[r] > switch_margin:
+                table.sure[r] = r
         else:
             table.routes[r] = base
     return table, report
@@ -143,7 +153,8 @@ def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], 
 
 
 def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
-              url: str | None = None, task_limit: int = 8, switch_margin: float = 0.02, log=print) -> dict:
+              url: str | None = None, task_limit: int = 8, switch_margin: float = 0.02, sure_min: float | None = SURE_MIN,
+              log=print) -> dict:
     """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table.
 
     Besides the NLL, every model answers up to `task_limit` checkable items per eval set (final-number exact
@@ -186,11 +197,12 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
     fallback = cfg.router.fallback
     table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback,
-                                switch_margin)
+                                switch_margin, sure_min)
     table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
            "forgetting_limit": forgetting_limit, "switch_margin": switch_margin, "matrix": matrix, "adapters": report, "flagged": table.flagged,
-           "routes": table.routes, "quality": table.quality, "tasks": tasks, "task_items_per_column": task_limit}
+           "routes": table.routes, "sure": table.sure, "sure_min": sure_min, "quality": table.quality, "tasks": tasks,
+           "task_items_per_column": task_limit}
     out_dir = Path(out_dir)
     write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2) + "\n")
     heatmap(matrix, cfg.base.name, doc["columns"], out_dir / "audit.png")
@@ -214,12 +226,16 @@ def markdown(doc: dict) -> str:
     for a, r in doc["adapters"].items():
         gain = "n/a" if r["own_domain_gain"] is None else f"{r['own_domain_gain']:+.1%}"
         chosen = doc["routes"].get(a)
-        verdict = "flagged: forgets general ability" if r["flagged"] else "used" if chosen == a else (
+        sure = doc.get("sure", {}).get(a) == a
+        verdict = (f"flagged: forgets general ability; serves {a} only when the router is ≥ {doc['sure_min']:.0%} sure"
+                   if sure else "flagged: forgets general ability") if r["flagged"] else "used" if chosen == a else (
             "not used: does not beat the base on its domain" if chosen == base or not (r["own_domain_gain"] or 0) > 0
             else f"not used: {chosen} beats it on {a} by more than the switch margin")
         lines.append(f"| {a} | {gain} | {r['worst_general_loss']:+.1%} | {verdict} |")
     lines += task_markdown(doc)
-    lines += ["", "Routing table: " + ", ".join(f"{r} → {m}" for r, m in doc["routes"].items()), "", "![heatmap](audit.png)", ""]
+    lines += ["", "Routing table: " + ", ".join(f"{r} → {m}" for r, m in doc["routes"].items())
+              + "".join(f" ({m} when ≥ {doc['sure_min']:.0%} sure)" for r, m in doc.get("sure", {}).items()),
+              "", "![heatmap](audit.png)", ""]
     return "\n".join(lines)
 
 

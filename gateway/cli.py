@@ -65,6 +65,10 @@ def audit(
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Max relative general NLL loss.")] = 0.05,
     switch_margin: Annotated[float, typer.Option("--switch-margin", min=0.0, help=(
         "Another model takes a route from its own adapter (or the base) only if better by more than this relative NLL."))] = 0.02,
+    sure_min: Annotated[float, typer.Option("--sure-min", min=0.5, max=1.0, help=(
+        "A flagged adapter that clearly wins its own route serves it when the router's probability is at least this."))] = 0.9,
+    sure_routes: Annotated[bool, typer.Option("--sure-routes/--no-sure-routes", help=(
+        "--no-sure-routes: flagged adapters never serve (the base takes their routes)."))] = True,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
     candidate: Annotated[Optional[str], typer.Option(
         "--candidate", help="NAME=PATH: load a new adapter into the running vLLM and adopt it only if it wins.")] = None,
@@ -79,8 +83,10 @@ def audit(
     if candidate is None:
         from deploy.audit import run_audit
 
-        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit, switch_margin)
-        typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}")
+        doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit, switch_margin,
+                        sure_min if sure_routes else None)
+        typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}"
+                   + (f"  sure-only (p >= {sure_min:g}): {json.dumps(doc['sure'])}" if doc["sure"] else ""))
         typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
         return
     from deploy.candidate import audit_candidate

@@ -4,7 +4,9 @@ good every usable model is on every route (the capability matrix, as gain over t
 File format (JSON, written atomically):
     {"routes":  {ROUTE: MODEL},                    # top-1 policy: the best usable model per route
      "quality": {ROUTE: {MODEL: gain}},            # relative NLL gain over the base (base = 0, higher is better)
-     "flagged": [ADAPTER, ...],                    # adapters that forget too much; never chosen
+     "flagged": [ADAPTER, ...],                    # adapters that forget too much; top-1 uses them only through
+     "sure": {ROUTE: ADAPTER}, "sure_min": 0.9,    # a flagged adapter that clearly wins its own route serves it
+                                                   # only when the router's probability for the route >= sure_min
      "adopted": {ADAPTER: {"path": ..., "route": ...}}}   # adapters admitted by `audit --candidate`
 """
 
@@ -24,6 +26,11 @@ class RoutingTable:
     flagged: list[str] = field(default_factory=list)
     adopted: dict[str, dict] = field(default_factory=dict)
     source: str = "forgetless audit"
+    #: route -> flagged adapter, used for that route only when the router is at least `sure_min` sure: an adapter
+    #: that forgets costs general ability only on the general prompts that reach it, and few general prompts
+    #: get a calibrated probability that high for a domain route
+    sure: dict[str, str] = field(default_factory=dict)
+    sure_min: float = 0.9
 
     def __bool__(self) -> bool:
         return bool(self.routes)
@@ -50,19 +57,32 @@ class RoutingTable:
         adopted = doc.get("adopted", {})
         if not isinstance(adopted, dict) or not all(isinstance(v, dict) and isinstance(v.get("path"), str) for v in adopted.values()):
             raise InputError(f"{path}: 'adopted' must map adapter names to {{\"path\": ...}}")
+        sure, sure_min = doc.get("sure", {}), doc.get("sure_min", 0.9)
+        if not isinstance(sure, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sure.items()):
+            raise InputError(f"{path}: 'sure' must map route names to adapter names")
+        if isinstance(sure_min, bool) or not isinstance(sure_min, (int, float)) or not 0.5 <= sure_min <= 1.0:
+            raise InputError(f"{path}: 'sure_min' must be a probability between 0.5 and 1")
         return cls(dict(routes), {r: {m: float(v) for m, v in row.items()} for r, row in quality.items()},
-                   [str(x) for x in doc.get("flagged", [])], adopted, str(doc.get("source", "forgetless audit")))
+                   [str(x) for x in doc.get("flagged", [])], adopted, str(doc.get("source", "forgetless audit")),
+                   dict(sure), float(sure_min))
 
     def check_models(self, known: set[str], where) -> None:
         """Every route must go to a model that is served (base, configured or adopted adapter)."""
-        for route, model in self.routes.items():
+        for route, model in [*self.routes.items(), *self.sure.items()]:
             if model not in known:
                 raise InputError(f"{where}: route '{route}' goes to '{model}', which is not served "
                                  f"(models: {', '.join(sorted(known))})")
 
     def to_json(self) -> str:
         return json.dumps({"routes": self.routes, "quality": self.quality, "flagged": self.flagged,
-                           "adopted": self.adopted, "source": self.source}, indent=2) + "\n"
+                           "sure": self.sure, "sure_min": self.sure_min, "adopted": self.adopted,
+                           "source": self.source}, indent=2) + "\n"
+
+    def model_for(self, route: str, probability: float | None = None) -> str | None:
+        """Top-1 policy: the route's sure-only adapter when the router is sure enough, else the route's model."""
+        if route in self.sure and probability is not None and probability >= self.sure_min:
+            return self.sure[route]
+        return self.routes.get(route)
 
     def expected_quality(self, probs: dict[str, float], available: set[str], base: str) -> str:
         """argmax over usable models m of Σ_route p(route | prompt) × quality(m, route).

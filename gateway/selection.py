@@ -41,7 +41,8 @@ async def choose_target(state: GatewayState, requested: str, routing_text: str, 
     if forced_route is not None:
         forced_route = forced_route.strip()
         if state.router and forced_route in state.router.labels:
-            return Target(state.route_model(forced_route), route=forced_route, forced=True)
+            # a forced route is a certain one: a sure-only adapter serves it
+            return Target(state.route_model(forced_route, 1.0), route=forced_route, forced=True)
         if forced_route in state.known_models():
             return Target(forced_route, route=forced_route, forced=True)
         choices = sorted({*(state.router.labels if state.router else []), *state.known_models()})
@@ -61,7 +62,7 @@ async def choose_target(state: GatewayState, requested: str, routing_text: str, 
             model = state.table.expected_quality(decision.probs, set(state.known_models()), state.base)
             fallback = "expected-quality" if model == state.base and decision.route != router.fallback else None
             return Target(model, route=decision.route, confidence=decision.probability, router_ms=ms, fallback=fallback)
-        model = state.route_model(decision.route)
+        model = state.route_model(decision.route, decision.probs.get(decision.route, decision.probability))
         fallback = None
         if decision.route == router.fallback and decision.top and decision.top[0][0] != router.fallback:
             fallback = "low-confidence"

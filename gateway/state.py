@@ -49,9 +49,10 @@ class GatewayState:
     def known_models(self) -> list[str]:
         return [self.base, *self.adapters]
 
-    def route_model(self, route: str) -> str:
-        """The model that serves a route: the audit table's choice, else the adapter of that name, else the base."""
-        model = self.table.routes.get(route)
+    def route_model(self, route: str, probability: float | None = None) -> str:
+        """The model that serves a route: the audit table's choice (given how sure the router is), else the adapter
+        of that name, else the base."""
+        model = self.table.model_for(route, probability)
         if model in self.adapters or model == self.base:
             return model
         return route if route in self.adapters else self.base

@@ -77,34 +77,42 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
         assert doc["adapters"]["finance"]["flagged"], doc["adapters"]["finance"]
         chosen = doc["routes"]["finance"]
         assert chosen in ("smollm2", "legal")  # the best-scoring usable model, never the flagged adapter
+        # ... which serves its route only for sure prompts, and only if it clearly beats the base there
+        gains_clearly = doc["adapters"]["finance"]["own_domain_gain"] > doc["switch_margin"] and chosen == "smollm2"
+        assert doc["sure"] == ({"finance": "finance"} if gains_clearly else {}) and doc["sure_min"] == 0.9
         assert doc["adapters"]["legal"]["own_domain_gain"] > 0 and doc["routes"]["legal"] == "legal"
         assert json.loads(table.read_text())["routes"] == doc["routes"]
         assert (tmp_path / "audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
 
+        from classifier.routers.embedding import EmbeddingRouter
         from gateway.app import create_app
         from gateway.config import Secrets, load_config
+        from gateway.routing_table import RoutingTable
 
+        local = EmbeddingRouter.load(example_router)
+        tbl = RoutingTable.load(table)
         cfg = load_config(cfg_path)  # a fresh gateway reads the table from disk
         with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
             auto = httpx.get(f"{gw.url}/v1/models").json()["data"][0]
             assert auto["forgetless"]["audited"] and auto["forgetless"]["routes"]["finance"] == chosen
+            text = "How do I compute the current ratio from a balance sheet?"
             r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, json={
-                "model": "auto", "max_tokens": 2,
-                "messages": [{"role": "user", "content": "How do I compute the current ratio from a balance sheet?"}]})
+                "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
             assert r.status_code == 200 and r.headers["x-forgetless-route"] == "finance"
-            assert r.headers["x-forgetless-model"] == chosen == r.json()["model"]
-            if chosen == "smollm2":
+            want = tbl.model_for("finance", local.decide(text).probs["finance"])
+            assert r.headers["x-forgetless-model"] == want == r.json()["model"]
+            assert want == chosen or (want == "finance" and doc["sure"])
+            if want == "smollm2":
                 assert r.headers["x-forgetless-fallback"] == "quality-gate"
+            # forcing the route is certainty: a sure-only adapter serves it
+            r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, headers={"x-forgetless-route": "finance"},
+                           json={"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
+            assert r.json()["model"] == ("finance" if doc["sure"] else chosen)
 
         # the same table under the expected-quality policy: the gateway picks what the policy computes from the
         # router's probabilities, and a general question never lands on the adapter that forgets general ability
-        from classifier.routers.embedding import EmbeddingRouter
-        from gateway.routing_table import RoutingTable
-
         cfg.router.selection = "expected_quality"
         cfg.gateway.port = free_port()
-        local = EmbeddingRouter.load(example_router)
-        tbl = RoutingTable.load(table)
         assert tbl.quality["general"]["finance"] < 0  # its forgetting is in the capability matrix
         with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
             auto = httpx.get(f"{gw.url}/v1/models").json()["data"][0]

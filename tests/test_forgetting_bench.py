@@ -56,14 +56,28 @@ def test_rows_assembled_from_per_item_scores():
     assert not t["met_oracle"] and not t["met_base"] and t["routed_vs_base"]["general"] == 0.3
 
 
-def test_flagged_adapters_are_gated_out():
+def test_flagged_adapters_serve_only_sure_prompts():
     items = _items()
     scores = _scores(items)
     table, report = gated_table("r", items, scores, forgetting_limit=0.05)  # every adapter forgets 30 % > 5 %
     assert sorted(table.flagged) == sorted(model_name("r", d) for d in DOMAINS)
-    decisions = [_decision(it.column if it.column in DOMAINS else "general", 0.99) for it in items]
-    res = assemble("r", items, scores, decisions, table, {d: model_name("r", d) for d in DOMAINS})
-    assert res["matrix"]["routed"] == res["matrix"]["base"]  # nothing usable: everything goes to the base
+    assert table.sure == {d: model_name("r", d) for d in DOMAINS}  # each wins its own domain by 25 %
+    ungated = {d: model_name("r", d) for d in DOMAINS}
+    sure = [_decision(it.column if it.column in DOMAINS else "general", 0.99) for it in items]
+    res = assemble("r", items, scores, sure, table, ungated)
+    assert res["matrix"]["routed"] == res["matrix"]["oracle"]  # sure domain prompts reach their adapter
+    # a general prompt mistaken for legal, but not surely: the base answers it, not the forgetting adapter
+    unsure = [*sure]
+    unsure[COLUMNS.index("general")] = _decision("legal", 0.6)
+    unsure[COLUMNS.index("legal")] = _decision("legal", 0.6)
+    res = assemble("r", items, scores, unsure, table, ungated)
+    assert res["matrix"]["routed"]["general"] == 2.0 and res["matrix"]["routed_ungated"]["general"] == 2.6
+    assert res["matrix"]["routed"]["legal"] == 2.0  # an unsure legal prompt loses the adapter's gain: the price
+    # without sure-only routes, flagged adapters serve nothing
+    table, _ = gated_table("r", items, scores, forgetting_limit=0.05, sure_min=None)
+    assert not table.sure
+    res = assemble("r", items, scores, sure, table, ungated)
+    assert res["matrix"]["routed"] == res["matrix"]["base"]
     assert res["matrix"]["routed_ungated"]["legal"] == 1.5
 
 

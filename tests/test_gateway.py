@@ -314,3 +314,38 @@ def test_stream_total_timeout_ends_with_error_event(vllm, demo_cfg):
                 "messages": [{"role": "user", "content": "Tell me a long story."}]}) as r:
             text = "".join(r.iter_text())
     assert '"code": "upstream_timeout"' in text and text.rstrip().endswith("data: [DONE]")
+
+
+def test_sure_only_route_serves_sure_prompts_and_sends_the_rest_to_base(vllm, demo_cfg, tmp_path):
+    """A routing table whose legal adapter is flagged but kept for sure legal prompts: the gateway asks the router
+    how sure it is and serves the adapter only at or above sure_min (and says quality-gate below it)."""
+    from gateway.app import create_app
+    from gateway.config import Secrets
+    from gateway.routing_table import RoutingTable
+
+    table = tmp_path / "table.json"
+    table.write_text(RoutingTable(routes={"legal": "smollm2", "general": "smollm2"}, flagged=["legal"],
+                                  sure={"legal": "legal"}, sure_min=0.5).to_json())
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.gateway.port = free_port()
+    cfg.router.table = table
+    app = create_app(cfg, Secrets(_env_file=None))
+    with ThreadedGateway(app, cfg.gateway.host, cfg.gateway.port) as gw:
+        router = app.state.gateway.router
+        seen = set()
+        for text in ("Is a non-compete clause in my employment contract enforceable after I resign?",
+                     "Can my landlord keep my deposit for normal wear and tear?",
+                     "Draft a clause, or maybe a poem, about a contract between two friends."):
+            d = router.decide(text)
+            r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, json={
+                "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
+            assert r.status_code == 200, r.text
+            if d.route != "legal":
+                continue
+            sure = d.probs["legal"] >= 0.5
+            seen.add(sure)
+            assert r.json()["model"] == r.headers["x-forgetless-model"] == ("legal" if sure else "smollm2"), (text, d)
+            assert ("x-forgetless-fallback" in r.headers) == (not sure)
+            if not sure:
+                assert r.headers["x-forgetless-fallback"] == "quality-gate"
+        assert True in seen  # the clear legal prompt was served by the sure-only adapter

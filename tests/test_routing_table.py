@@ -37,6 +37,18 @@ def test_table_gates_on_measured_quality():
     assert strict.quality["legal"]["legal"] == pytest.approx(0.25)
     assert strict.expected_quality({"legal": 0.95, "general": 0.05}, {"base", "legal"}, "base") == "legal"
     assert strict.expected_quality({"legal": 0.1, "general": 0.9}, {"base", "legal"}, "base") == "base"
+    # top-1: the flagged legal adapter wins its route by 25 %, so it serves legal prompts the router is sure of
+    assert strict.sure == {"legal": "legal"} and strict.sure_min == 0.9
+    assert strict.model_for("legal", 0.95) == "legal" and strict.model_for("legal", 0.8) == "base"
+    assert strict.model_for("legal") == "base" and strict.model_for("math", 0.99) == "math"
+    off, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
+                         ["general"], 0.02, fallback="general", sure_min=None)
+    assert not off.sure and off.model_for("legal", 0.99) == "base"
+    # a flagged adapter that does not clearly beat the base on its route gets no sure-only route
+    weak = {**MATRIX, "legal": {**MATRIX["legal"], "legal": 1.99}}
+    t, _ = build_table(weak, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"], ["general"],
+                       0.02, fallback="general")
+    assert t.flagged == ["legal"] and not t.sure
 
 
 def test_switch_margin_keeps_routes_with_their_specialist_on_small_differences():
@@ -81,15 +93,26 @@ def test_table_round_trip_and_damaged_files(tmp_path):
     p.write_text(table.to_json())
     back = RoutingTable.load(p)
     assert back.routes == table.routes and back.quality == table.quality
+    strict, _ = _table(limit=0.02)
+    p.write_text(strict.to_json())
+    back = RoutingTable.load(p)
+    assert back.sure == {"legal": "legal"} and back.sure_min == 0.9
+    assert RoutingTable(routes={"legal": "base"}).model_for("legal", 1.0) == "base"  # files without "sure"
     assert RoutingTable.load(tmp_path / "absent.json").routes == {}
     for text, msg in [("{not json", "not valid JSON"), ('{"x": 1}', "needs a 'routes' object"),
                       ('{"routes": {"a": 1}}', "map route names"), ('{"routes": {}, "quality": {"a": 3}}', "'quality'"),
+                      ('{"routes": {}, "sure": ["legal"]}', "'sure' must map"),
+                      ('{"routes": {}, "sure_min": 1.5}', "'sure_min' must be a probability"),
+                      ('{"routes": {}, "sure_min": "high"}', "'sure_min' must be a probability"),
                       (b"\xff\xfe", "not valid JSON")]:
         (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
         with pytest.raises(InputError, match=msg) as exc:
             RoutingTable.load(p)
         assert str(p) in str(exc.value) and "\n" not in str(exc.value)
     p.write_text(json.dumps({"routes": {"legal": "ghost"}}))
+    with pytest.raises(InputError, match="'ghost', which is not served"):
+        RoutingTable.load(p).check_models({"base", "legal"}, p)
+    p.write_text(json.dumps({"routes": {"legal": "base"}, "sure": {"legal": "ghost"}}))
     with pytest.raises(InputError, match="'ghost', which is not served"):
         RoutingTable.load(p).check_models({"base", "legal"}, p)
 
