@@ -23,6 +23,7 @@ GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/cha
 #: default probability above which a flagged adapter serves its own route (see build_table)
 SURE_MIN = 0.9
 
+
 @dataclass
 class Column:
     name: str

@@ -331,6 +331,9 @@ def test_sure_only_route_serves_sure_prompts_and_sends_the_rest_to_base(vllm, de
     cfg.router.table = table
     app = create_app(cfg, Secrets(_env_file=None))
     with ThreadedGateway(app, cfg.gateway.host, cfg.gateway.port) as gw:
+        auto = httpx.get(f"{gw.url}/v1/models").json()["data"][0]["forgetless"]
+        assert auto["sure_only"] == {"legal": {"model": "legal", "min_probability": 0.5}}
+        assert auto["routes"]["legal"] == "smollm2"
         router = app.state.gateway.router
         seen = set()
         for text in ("Is a non-compete clause in my employment contract enforceable after I resign?",

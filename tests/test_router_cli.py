@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import EXAMPLES, run_cli
+from conftest import DESCRIPTIONS, EXAMPLES, run_cli
 
 
 def test_train_prints_validation_and_saves_inspectable_router(example_router):
@@ -16,10 +16,9 @@ def test_train_prints_validation_and_saves_inspectable_router(example_router):
     assert doc["encoder"]["backend"] == "onnx-int8" and doc["encoder"]["dim"] == 384
     assert len(doc["training"]["data_sha256"]) == 64
     topics = doc["training"]["descriptions"]
-    assert set(topics) == set(doc["labels"])
-    assert topics["legal"] == ["Contracts and the clauses in them.", "Courts, lawsuits and legal rights.",
-                               "Statutes and regulations."]  # examples/route_descriptions.yaml's list
-    assert topics["math"] == ["Arithmetic word problems, algebra and mathematical reasoning."]  # its one line
+    from classifier.topics import BUILTIN_TOPICS
+
+    assert topics == {lab: BUILTIN_TOPICS[lab] for lab in doc["labels"]}  # the default: built-in topic lines
     assert doc["validation"]["scheme"].startswith("held-out source families")
     assert 0.5 < doc["validation"]["macro_f1"] <= 1.0
     import numpy as np
@@ -110,6 +109,21 @@ def test_eval_unknown_label_and_missing_router(tmp_path, example_router):
 def test_missing_data_file(tmp_path):
     r = run_cli("route", "train", "--data", tmp_path / "none.jsonl", "--out", tmp_path / "r")
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_descriptions_file_gives_lines_or_lists_per_route(tmp_path):
+    out = tmp_path / "r"
+    r = run_cli("route", "train", "--data", EXAMPLES, "--out", out, "--descriptions", DESCRIPTIONS)
+    assert r.returncode == 0, r.stderr
+    assert "zero-shot topics (yours: code, finance, general, legal, math, medical)" in r.stderr
+    topics = json.loads((out / "router.json").read_text())["training"]["descriptions"]
+    assert topics["legal"] == ["Contracts and the clauses in them.", "Courts, lawsuits and legal rights.",
+                               "Statutes and regulations."]  # examples/route_descriptions.yaml's list
+    assert topics["math"] == ["Arithmetic word problems, algebra and mathematical reasoning."]  # its one line
+    import numpy as np
+
+    with np.load(out / "head.npz", allow_pickle=False) as z:
+        assert z["prototypes"].shape == (sum(len(v) for v in topics.values()), 384)
 
 
 def test_partial_descriptions_are_refused_without_builtin_topics(tmp_path):

@@ -13,7 +13,9 @@ def list_models(state: GatewayState) -> dict:
         "forgetless": {"kind": "router", "fallback": state.router.fallback if state.router else cfg.router.fallback,
                        "routes": state.routing_table(),
                        "audited": bool(state.table), "selection": cfg.router.selection,
-                       "flagged": state.table.flagged},
+                       "flagged": state.table.flagged,
+                       "sure_only": {r: {"model": m, "min_probability": state.table.sure_min}
+                                     for r, m in state.table.sure.items() if m in state.adapters}},
     }, {
         "id": state.base, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": None,
         "forgetless": {"kind": "base"},
