@@ -25,7 +25,7 @@ from pathlib import Path
 from benchmarks.forgetting_regimes import DOMAINS, REGIMES, Regime, ensure_adapters, missing_adapters
 from benchmarks.processes import free_port
 from classifier.errors import InputError
-from deploy.audit import SURE_MIN
+from gateway.routing_table import SURE_MIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

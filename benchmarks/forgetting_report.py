@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks.forgetting_regimes import DOMAINS
-from deploy.audit import SURE_MIN
+from gateway.routing_table import SURE_MIN
 
 GENERAL = ["general", "general_chat", "wikitext"]
 

@@ -70,29 +70,32 @@ def as_lines(value: object, where: str) -> list[str]:
     return [v.strip() for v in value if v.strip()]
 
 
-def resolve_topics(labels: Sequence[str], given: Mapping[str, Sequence[str]] | None,
-                   builtin: bool = True) -> tuple[Topics | None, str]:
+def resolve_topics(labels: Sequence[str], given: Mapping[str, Sequence[str]] | None, builtin: bool = True,
+                   fallback: Mapping[str, Sequence[str]] | None = None,
+                   required: bool | None = None) -> tuple[Topics | None, str]:
     """The topic lines for every route, and a one-line account of where they came from.
 
-    `given` (route -> lines, from the user) wins per route; otherwise the built-in topics of a standard route
-    name. A zero-shot vote among some routes only would pull every prompt towards those, so when some route has
-    no lines at all the answer is None, or an error if the user gave lines for other routes."""
+    Per route: `given` lines (route -> lines, from the user) first, then the built-in topics of a standard route
+    name (when `builtin`), then `fallback` lines (an adapter's one-line description, say). A zero-shot vote among
+    some routes only would pull every prompt towards those, so when some route has no lines at all the answer is
+    None, or an error when `required` (default: when the user gave lines, i.e. meant to switch it on)."""
     given = {k: list(v) for k, v in (given or {}).items() if v}
     unknown = sorted(set(given) - set(labels))
     if unknown:
         raise InputError(f"route descriptions name routes without training examples: {', '.join(unknown)}")
-    topics, sources = {}, {"yours": [], "built-in": []}
+    tiers = [("yours", given), ("built-in", BUILTIN_TOPICS if builtin else {}),
+             ("description", {k: list(v) for k, v in (fallback or {}).items() if v})]
+    topics, sources = {}, {name: [] for name, _ in tiers}
     for lab in labels:
-        if lab in given:
-            topics[lab] = given[lab]
-            sources["yours"].append(lab)
-        elif builtin and lab in BUILTIN_TOPICS:
-            topics[lab] = BUILTIN_TOPICS[lab]
-            sources["built-in"].append(lab)
+        name, lines = next(((name, tier[lab]) for name, tier in tiers if lab in tier), (None, None))
+        if name:
+            topics[lab] = lines
+            sources[name].append(lab)
     missing = [lab for lab in labels if lab not in topics]
-    if missing and given:  # the user meant to switch the zero-shot part on
+    if missing and (bool(given) if required is None else required):
         raise InputError(f"route descriptions must cover every route; missing: {', '.join(missing)}")
     if missing:
-        return None, f"no zero-shot topics for {', '.join(missing)}: training without the zero-shot signal"
+        return None, (f"routes without topics or a description ({', '.join(missing)}): "
+                      "training without the zero-shot signal")
     said = "; ".join(f"{k}: {', '.join(v)}" for k, v in sources.items() if v)
     return topics, f"zero-shot topics ({said})"

@@ -17,11 +17,9 @@ from pathlib import Path
 from classifier.data import read_jsonl
 from classifier.errors import InputError
 from deploy.adapter_check import check_adapter
-from gateway.routing_table import RoutingTable
+from gateway.routing_table import SURE_MIN, RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
-#: default probability above which a flagged adapter serves its own route (see build_table)
-SURE_MIN = 0.9
 
 
 @dataclass

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from classifier.data import load_training_examples
 from classifier.errors import InputError
 from classifier.routers.embedding import RECIPE, EmbeddingRouter
-from classifier.topics import BUILTIN_TOPICS
+from classifier.topics import resolve_topics
 from gateway.admin.api_router import router as admin_router
 from gateway.chat.api_router import router as chat_router
 from gateway.completions.api_router import router as completions_router
@@ -33,12 +33,10 @@ def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
     ex = load_training_examples(cfg.router.train_data, cfg.router.fallback) if cfg.router.train_data else None
     if not (path / "router.json").is_file() and ex is not None:
         log(f"training router from {cfg.router.train_data} into {path}")
-        topics = {k: v for k, v in cfg.route_topics().items() if k in ex.label_set}
-        bare = sorted(set(ex.label_set) - set(topics) - set(BUILTIN_TOPICS))
-        if bare:
-            log(f"routes without topics or a description ({', '.join(bare)}): training without the zero-shot signal")
-            topics = None
-        EmbeddingRouter.fit(ex, cfg.router.fallback, descriptions=topics, builtin_topics=not bare, log=log).save(path)
+        given = {k: v for k, v in cfg.route_topics().items() if k in ex.label_set}
+        topics, said = resolve_topics(ex.label_set, given, fallback=cfg.route_descriptions(), required=False)
+        log(said)
+        EmbeddingRouter.fit(ex, cfg.router.fallback, descriptions=topics, builtin_topics=False).save(path)
     router = EmbeddingRouter.load(path)
     if ex is not None:
         trained = router.meta.get("training", {})

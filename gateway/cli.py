@@ -13,6 +13,7 @@ from classifier.cli import app as route_app
 from classifier.errors import exit_on_input_error
 from deploy.cli import adapters_app, base_app
 from gateway.config import load_config
+from gateway.routing_table import SURE_MIN
 
 app = typer.Typer(
     help="forgetless: one base model, one LoRA adapter per specialty, each request routed to the one that fits.",
@@ -66,7 +67,7 @@ def audit(
     switch_margin: Annotated[float, typer.Option("--switch-margin", min=0.0, help=(
         "Another model takes a route from its own adapter (or the base) only if better by more than this relative NLL."))] = 0.02,
     sure_min: Annotated[float, typer.Option("--sure-min", min=0.5, max=1.0, help=(
-        "A flagged adapter that clearly wins its own route serves it when the router's probability is at least this."))] = 0.9,
+        "A flagged adapter that clearly wins its own route serves it when the router's probability is at least this."))] = SURE_MIN,
     sure_routes: Annotated[bool, typer.Option("--sure-routes/--no-sure-routes", help=(
         "--no-sure-routes: flagged adapters never serve (the base takes their routes)."))] = True,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,

@@ -126,19 +126,17 @@ class RoutesConfig(_Strict):
         return (self.vllm.url or f"http://{self.vllm.host}:{self.vllm.port}").rstrip("/")
 
     def route_topics(self) -> dict[str, list[str]]:
-        """The zero-shot lines given for each route: an adapter's topics, else the built-in topics of a standard
-        route name, else its description; then router.descriptions. Routes left out get built-in topics when
-        the router is trained, or none."""
-        from classifier.topics import BUILTIN_TOPICS, as_lines
+        """The zero-shot lines routes.yaml gives: adapters' `topics` and router.descriptions. Routes without them
+        get built-in topics, then their adapter's description (classifier.topics.resolve_topics)."""
+        from classifier.topics import as_lines
 
-        out: dict[str, list[str]] = {}
-        for a in self.adapters:
-            lines = a.topics or BUILTIN_TOPICS.get(a.name) or as_lines(a.description, f"adapter {a.name!r}")
-            if lines:
-                out[a.name] = list(lines)
-        for name, v in self.router.descriptions.items():
-            out[name] = as_lines(v, f"router.descriptions.{name}")
+        out = {a.name: list(a.topics) for a in self.adapters if a.topics}
+        out.update({name: as_lines(v, f"router.descriptions.{name}") for name, v in self.router.descriptions.items()})
         return out
+
+    def route_descriptions(self) -> dict[str, list[str]]:
+        """Adapters' one-line descriptions, the zero-shot lines of last resort."""
+        return {a.name: [a.description.strip()] for a in self.adapters if a.description.strip()}
 
     @property
     def model_names(self) -> list[str]:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from classifier.errors import InputError
 
+#: default probability at or above which a route's sure-only adapter serves it
+SURE_MIN = 0.9
+
 
 @dataclass
 class RoutingTable:
@@ -30,7 +33,7 @@ class RoutingTable:
     #: that forgets costs general ability only on the general prompts that reach it, and few general prompts
     #: get a calibrated probability that high for a domain route
     sure: dict[str, str] = field(default_factory=dict)
-    sure_min: float = 0.9
+    sure_min: float = SURE_MIN
 
     def __bool__(self) -> bool:
         return bool(self.routes)
@@ -57,7 +60,7 @@ class RoutingTable:
         adopted = doc.get("adopted", {})
         if not isinstance(adopted, dict) or not all(isinstance(v, dict) and isinstance(v.get("path"), str) for v in adopted.values()):
             raise InputError(f"{path}: 'adopted' must map adapter names to {{\"path\": ...}}")
-        sure, sure_min = doc.get("sure", {}), doc.get("sure_min", 0.9)
+        sure, sure_min = doc.get("sure", {}), doc.get("sure_min", SURE_MIN)
         if not isinstance(sure, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sure.items()):
             raise InputError(f"{path}: 'sure' must map route names to adapter names")
         if isinstance(sure_min, bool) or not isinstance(sure_min, (int, float)) or not 0.5 <= sure_min <= 1.0:

@@ -159,3 +159,15 @@ def test_default_training_uses_builtin_topics_and_user_lines_replace_them(tmp_pa
     with pytest.raises(InputError, match="missing: code, finance, math, medical"):
         EmbeddingRouter.fit_embeddings(X, ex, "general", enc, max_folds=3, builtin_topics=False,
                                        descriptions={"legal": "Contracts.", "general": "Chat."})
+
+
+def test_topic_lines_come_from_the_user_then_builtin_then_descriptions():
+    from classifier.topics import BUILTIN_TOPICS, resolve_topics
+
+    labels = ["contracts", "general", "legal"]
+    topics, said = resolve_topics(labels, {"legal": ["Mine."]}, required=False,
+                                  fallback={"contracts": ["Contract review."], "legal": ["Not used."]})
+    assert topics == {"contracts": ["Contract review."], "general": BUILTIN_TOPICS["general"], "legal": ["Mine."]}
+    assert "yours: legal" in said and "built-in: general" in said and "description: contracts" in said
+    none, said = resolve_topics(labels, {}, required=False)
+    assert none is None and "(contracts)" in said
