@@ -17,9 +17,14 @@ from pathlib import Path
 from classifier.data import read_jsonl
 from classifier.errors import InputError
 from deploy.adapter_check import check_adapter
+from deploy.sure_thresholds import fit_sure_thresholds, routing_text
 from gateway.routing_table import SURE_MIN, RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
+#: default expected relative NLL loss a sure-only adapter may cost any general set (see deploy/sure_thresholds.py)
+SURE_COST = 0.005
+#: significance a model needs to take a route from its default (sign test over the route's eval items)
+SWITCH_P = 0.1
 
 
 @dataclass
@@ -71,7 +76,10 @@ def forgetting_report(matrix: dict[str, dict[str, float]], base: str, adapters: 
 
 def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[str], routes: list[str],
                 general_cols: list[str], limit: float, fallback: str | None = None,
-                switch_margin: float = 0.02, sure_min: float | None = SURE_MIN) -> tuple[RoutingTable, dict[str, dict]]:
+                switch_margin: float = 0.02, sure_min: float | None = SURE_MIN,
+                item_nlls: dict[str, dict[str, list[float]]] | None = None,
+                general_probs: dict[str, list[dict[str, float]]] | None = None, sure_cost: float = SURE_COST,
+                router_fp: str | None = None) -> tuple[RoutingTable, dict[str, dict]]:
     """Top-1 table: each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval
     set. Differences within `switch_margin` (relative NLL) count as ties, settled for the route's own adapter when
     it beats the base, else for the base: on a few eval items another adapter can win a route by chance, and
@@ -84,7 +92,14 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
     A flagged adapter that beats the base on its own route by more than `switch_margin`, where the base would
     serve that route otherwise, becomes the route's sure-only model: it serves prompts the router gives that route
     a probability of at least `sure_min` (None: never). Forgetting hurts only the general prompts that reach the
-    adapter, and the router rarely gives a general prompt such a probability for a domain route."""
+    adapter, and the router rarely gives a general prompt such a probability for a domain route. Given the router's
+    probabilities on general prompts (`general_probs`, for the router with fingerprint `router_fp`), each such
+    route gets its own threshold instead: the lowest at which the expected general loss stays within `sure_cost`
+    (deploy/sure_thresholds.py); a route no threshold makes safe gets no sure-only adapter.
+
+    Given per-item NLLs (`item_nlls`: model -> column -> per-token NLL of each item), a model other than the
+    route's default takes the route only if it is also better on significantly many items (one-sided sign test,
+    p <= SWITCH_P): choosing the best of several models on a few items favours whichever was lucky on them."""
     report = forgetting_report(matrix, base, adapters, general_cols, limit)
     flagged = [a for a in adapters if report[a]["flagged"]]
     usable = [base] + [a for a in adapters if a not in flagged]
@@ -95,14 +110,54 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
             gain = {m: -sum(relative(matrix[m][c], matrix[base][c]) for c in cols) / len(cols) for m in [base, *adapters]}
             best = max(usable, key=lambda m: gain[m])
             default = r if r in usable and gain[r] > 0 else base
-            table.routes[r] = best if gain[best] - gain[default] > switch_margin else default
+            switch = gain[best] - gain[default] > switch_margin and (
+                item_nlls is None or wins_consistently(item_nlls, best, default, cols))
+            table.routes[r] = best if switch else default
             table.quality[r] = {m: round(g, 6) for m, g in gain.items()}
             if sure_min is not None and r != fallback and r in flagged and table.routes[r] == base \
                     and gain[r] > switch_margin:
                 table.sure[r] = r
         else:
             table.routes[r] = base
+    if general_probs is not None and table.sure:
+        loss = {a: report[a]["relative_nll_change"] for a in adapters}
+        fitted = fit_sure_thresholds(table.sure, general_probs, loss, sure_cost)
+        table.sure = {r: a for r, a in table.sure.items() if fitted[r] is not None}
+        table.sure_mins = {r: t for r, t in fitted.items() if t is not None}
+        table.sure_router = router_fp
     return table, report
+
+
+def wins_consistently(item_nlls: dict[str, dict[str, list[float]]], challenger: str, holder: str, cols: list[str],
+                      p_max: float | None = None) -> bool:
+    """Whether `challenger` has a lower NLL than `holder` on significantly many of the items (one-sided sign
+    test; ties dropped)."""
+    from scipy.stats import binomtest
+
+    pairs = [(c, h) for col in cols for c, h in zip(item_nlls[challenger][col], item_nlls[holder][col])]
+    wins, losses = sum(c < h for c, h in pairs), sum(c > h for c, h in pairs)
+    if wins + losses == 0:
+        return False
+    return binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue <= (SWITCH_P if p_max is None else p_max)
+
+
+def general_route_probs(cfg, eval_dir: Path, general_cols: list[str], log=print):
+    """(general set -> the configured router's probabilities for each of its prompts, the router's fingerprint),
+    or None when there is no trained router yet (sure-only routes then use the fixed threshold)."""
+    from classifier.routers.embedding import EmbeddingRouter
+
+    path = cfg.router.path
+    if not (Path(path) / "router.json").is_file():
+        log(f"no router at {path} yet: sure-only routes use the fixed threshold (train the router, then audit again)")
+        return None
+    router = EmbeddingRouter.load(path)
+    probs = {}
+    for col in general_cols:
+        rows = [obj for _, obj in read_jsonl(Path(eval_dir) / GENERAL_COLUMNS[col])[0]]
+        texts = [t for t in (routing_text(r) for r in rows) if t.strip()]
+        probs[col] = [d.probs for d in router.decide_batch(texts)] if texts else []
+    log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} general prompts (router {router.fingerprint()})")
+    return probs, router.fingerprint()
 
 
 def require_models(url: str, names: list[str], headers: dict | None = None) -> None:
@@ -153,14 +208,17 @@ def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], 
 
 def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
               url: str | None = None, task_limit: int = 8, switch_margin: float = 0.02, sure_min: float | None = SURE_MIN,
-              log=print) -> dict:
+              fit_sure: bool = True, sure_cost: float = SURE_COST, log=print) -> dict:
     """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table.
+
+    Sure-only routes get thresholds fitted on the configured router's probabilities for every prompt of the
+    general eval sets when `fit_sure` and the router exists, else the fixed `sure_min` (None: no sure-only routes).
 
     Besides the NLL, every model answers up to `task_limit` checkable items per eval set (final-number exact
     match, code pass@1; deploy/task_metrics.py) with greedy decoding; 0 skips that."""
     from rich.progress import Progress
 
-    from deploy.scoring import NllScorer
+    from deploy.scoring import NllScorer, token_mean
     from deploy.serve import HOME, resolve_base
     from deploy.task_eval import vllm_task_scores
     from deploy.vllm_server import VllmServer
@@ -183,24 +241,30 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         items = {c.name: [scorer.item(r) for r in c.rows] for c in columns}
         models = [cfg.base.name, *adapters]
         matrix: dict[str, dict[str, float]] = {m: {} for m in models}
+        per_item: dict[str, dict[str, list[float]]] = {m: {} for m in models}
         total = sum(len(v) for v in items.values()) * len(models)
         with Progress() as bar:
             task = bar.add_task(f"scoring {len(models)} models × {len(columns)} eval sets", total=total)
             for m in models:
                 for c in columns:
-                    matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
+                    got = scorer.item_nlls(m, items[c.name], progress=lambda: bar.advance(task))
+                    matrix[m][c.name] = token_mean(got)
+                    per_item[m][c.name] = [t / max(n, 1) for t, n in got]
             tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar)
     finally:
         if server is not None:
             server.stop()
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
     fallback = cfg.router.fallback
+    fit = general_route_probs(cfg, eval_dir, general_cols, log) if fit_sure and sure_min is not None else None
     table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback,
-                                switch_margin, sure_min)
+                                switch_margin, sure_min, item_nlls=per_item, general_probs=fit and fit[0],
+                                sure_cost=sure_cost, router_fp=fit and fit[1])
     table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,
            "forgetting_limit": forgetting_limit, "switch_margin": switch_margin, "matrix": matrix, "adapters": report, "flagged": table.flagged,
-           "routes": table.routes, "sure": table.sure, "sure_min": sure_min, "quality": table.quality, "tasks": tasks,
+           "routes": table.routes, "sure": table.sure, "sure_min": sure_min, "sure_mins": table.sure_mins,
+           "sure_cost": sure_cost if table.sure_router else None, "quality": table.quality, "tasks": tasks,
            "task_items_per_column": task_limit}
     out_dir = Path(out_dir)
     write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2) + "\n")
@@ -226,16 +290,20 @@ def markdown(doc: dict) -> str:
         gain = "n/a" if r["own_domain_gain"] is None else f"{r['own_domain_gain']:+.1%}"
         chosen = doc["routes"].get(a)
         sure = doc.get("sure", {}).get(a) == a
-        verdict = (f"flagged: forgets general ability; serves {a} only when the router is ≥ {doc['sure_min']:.0%} sure"
+        verdict = (f"flagged: forgets general ability; serves {a} only when the router is ≥ {sure_at(doc, a):.0%} sure"
                    if sure else "flagged: forgets general ability") if r["flagged"] else "used" if chosen == a else (
             "not used: does not beat the base on its domain" if chosen == base or not (r["own_domain_gain"] or 0) > 0
             else f"not used: {chosen} beats it on {a} by more than the switch margin")
         lines.append(f"| {a} | {gain} | {r['worst_general_loss']:+.1%} | {verdict} |")
     lines += task_markdown(doc)
     lines += ["", "Routing table: " + ", ".join(f"{r} → {m}" for r, m in doc["routes"].items())
-              + "".join(f" ({m} when ≥ {doc['sure_min']:.0%} sure)" for r, m in doc.get("sure", {}).items()),
+              + "".join(f" ({m} when ≥ {sure_at(doc, r):.0%} sure)" for r, m in doc.get("sure", {}).items()),
               "", "![heatmap](audit.png)", ""]
     return "\n".join(lines)
+
+
+def sure_at(doc: dict, route: str) -> float:
+    return (doc.get("sure_mins") or {}).get(route, doc["sure_min"])
 
 
 def task_markdown(doc: dict) -> list[str]:

@@ -99,6 +99,7 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
             table = RoutingTable.load(cfg.router.table)  # re-read: keep whatever else changed meanwhile
             table.routes[route] = name
             table.sure.pop(route, None)  # the adopted adapter serves the route outright
+            table.sure_mins.pop(route, None)
             gain = lambda col: -relative(matrix[name][col], matrix[base][col])  # noqa: E731
             table.quality.setdefault(route, {base: 0.0})[name] = round(gain(route), 6)
             fallback = cfg.router.fallback  # its quality row averages the general sets, as the audit's does

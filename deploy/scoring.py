@@ -52,6 +52,11 @@ def make_item(tok, row: dict, max_tokens: int = 1024) -> Item:
     raise InputError("eval item: needs 'messages' (chat) or 'text' (prose)")
 
 
+def token_mean(results: list[tuple[float, int]]) -> float:
+    """Token-weighted mean NLL of (summed NLL, tokens) pairs."""
+    return sum(t for t, _ in results) / max(sum(n for _, n in results), 1)
+
+
 class NllScorer:
     def __init__(self, url: str, tokenizer_dir: str | Path, headers: dict | None = None, workers: int = 1, max_tokens: int = 1024):
         from transformers import AutoTokenizer
@@ -82,16 +87,19 @@ class NllScorer:
             n += 1
         return total, n
 
-    def mean_nll(self, model: str, items: list[Item], progress=None) -> float:
-        """Token-weighted mean NLL over items (lower is better)."""
+    def item_nlls(self, model: str, items: list[Item], progress=None) -> list[tuple[float, int]]:
+        """(summed NLL, scored tokens) of every item, in order."""
         with ThreadPoolExecutor(self.workers) as pool:
             results = []
             for res in pool.map(lambda it: self.nll(model, it), items):
                 results.append(res)
                 if progress:
                     progress()
-        tokens = sum(n for _, n in results)
-        return sum(t for t, _ in results) / max(tokens, 1)
+        return results
+
+    def mean_nll(self, model: str, items: list[Item], progress=None) -> float:
+        """Token-weighted mean NLL over items (lower is better)."""
+        return token_mean(self.item_nlls(model, items, progress))
 
 
 class PeftScorer:

@@ -11,6 +11,7 @@ import typer
 from benchmarks.cli import app as bench_app
 from classifier.cli import app as route_app
 from classifier.errors import exit_on_input_error
+from deploy.audit import SURE_COST
 from deploy.cli import adapters_app, base_app
 from gateway.config import load_config
 from gateway.routing_table import SURE_MIN
@@ -66,8 +67,12 @@ def audit(
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Max relative general NLL loss.")] = 0.05,
     switch_margin: Annotated[float, typer.Option("--switch-margin", min=0.0, help=(
         "Another model takes a route from its own adapter (or the base) only if better by more than this relative NLL."))] = 0.02,
-    sure_min: Annotated[float, typer.Option("--sure-min", min=0.5, max=1.0, help=(
-        "A flagged adapter that clearly wins its own route serves it when the router's probability is at least this."))] = SURE_MIN,
+    sure_min: Annotated[Optional[float], typer.Option("--sure-min", min=0.5, max=1.0, help=(
+        "A flagged adapter that clearly wins its own route serves it when the router's probability is at least this. "
+        f"Default: per route, the lowest probability keeping the expected general loss within --sure-cost, fitted on "
+        f"the router's probabilities for the general eval prompts ({SURE_MIN:g} when no router is trained yet)."))] = None,
+    sure_cost: Annotated[float, typer.Option("--sure-cost", min=0.0, max=1.0, help=(
+        "Expected relative NLL loss a sure-only adapter may cost any general eval set (per-route thresholds)."))] = SURE_COST,
     sure_routes: Annotated[bool, typer.Option("--sure-routes/--no-sure-routes", help=(
         "--no-sure-routes: flagged adapters never serve (the base takes their routes)."))] = True,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
@@ -85,9 +90,11 @@ def audit(
         from deploy.audit import run_audit
 
         doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit, switch_margin,
-                        sure_min if sure_routes else None)
+                        (SURE_MIN if sure_min is None else sure_min) if sure_routes else None,
+                        fit_sure=sure_min is None, sure_cost=sure_cost)
+        sure = {r: f"{m} at p >= {doc['sure_mins'].get(r, doc['sure_min']):g}" for r, m in doc["sure"].items()}
         typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}"
-                   + (f"  sure-only (p >= {sure_min:g}): {json.dumps(doc['sure'])}" if doc["sure"] else ""))
+                   + (f"  sure-only: {json.dumps(sure)}" if sure else ""))
         typer.echo(f"wrote {out}/audit.md and {doc['table_path']}")
         return
     from deploy.candidate import audit_candidate

@@ -7,6 +7,8 @@ File format (JSON, written atomically):
      "flagged": [ADAPTER, ...],                    # adapters that forget too much; top-1 uses them only through
      "sure": {ROUTE: ADAPTER}, "sure_min": 0.9,    # a flagged adapter that clearly wins its own route serves it
                                                    # only when the router's probability for the route >= sure_min
+     "sure_mins": {ROUTE: p}, "sure_router": FP,   # per-route thresholds the audit fitted for the router with
+                                                   # fingerprint FP (another router gets sure_min)
      "adopted": {ADAPTER: {"path": ..., "route": ...}}}   # adapters admitted by `audit --candidate`
 """
 
@@ -34,6 +36,10 @@ class RoutingTable:
     #: get a calibrated probability that high for a domain route
     sure: dict[str, str] = field(default_factory=dict)
     sure_min: float = SURE_MIN
+    #: per-route thresholds fitted by the audit from where general prompts land (deploy/sure_thresholds.py); they
+    #: hold for the router they were fitted on (`sure_router`, its fingerprint), any other router gets `sure_min`
+    sure_mins: dict[str, float] = field(default_factory=dict)
+    sure_router: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self.routes)
@@ -65,9 +71,16 @@ class RoutingTable:
             raise InputError(f"{path}: 'sure' must map route names to adapter names")
         if isinstance(sure_min, bool) or not isinstance(sure_min, (int, float)) or not 0.5 <= sure_min <= 1.0:
             raise InputError(f"{path}: 'sure_min' must be a probability between 0.5 and 1")
+        sure_mins, sure_router = doc.get("sure_mins", {}), doc.get("sure_router")
+        if not isinstance(sure_mins, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and 0.5 <= v <= 1.0
+                for k, v in sure_mins.items()):
+            raise InputError(f"{path}: 'sure_mins' must map route names to probabilities between 0.5 and 1")
+        if sure_router is not None and not isinstance(sure_router, str):
+            raise InputError(f"{path}: 'sure_router' must be a router fingerprint (a string)")
         return cls(dict(routes), {r: {m: float(v) for m, v in row.items()} for r, row in quality.items()},
                    [str(x) for x in doc.get("flagged", [])], adopted, str(doc.get("source", "forgetless audit")),
-                   dict(sure), float(sure_min))
+                   dict(sure), float(sure_min), {k: float(v) for k, v in sure_mins.items()}, sure_router)
 
     def check_models(self, known: set[str], where) -> None:
         """Every route must go to a model that is served (base, configured or adopted adapter)."""
@@ -78,12 +91,19 @@ class RoutingTable:
 
     def to_json(self) -> str:
         return json.dumps({"routes": self.routes, "quality": self.quality, "flagged": self.flagged,
-                           "sure": self.sure, "sure_min": self.sure_min, "adopted": self.adopted,
+                           "sure": self.sure, "sure_min": self.sure_min, "sure_mins": self.sure_mins,
+                           "sure_router": self.sure_router, "adopted": self.adopted,
                            "source": self.source}, indent=2) + "\n"
 
-    def model_for(self, route: str, probability: float | None = None) -> str | None:
+    def sure_threshold(self, route: str, router_fp: str | None = None) -> float:
+        """The probability at which `route`'s sure-only adapter serves: the audit's per-route value when it was
+        fitted for this router (or the caller does not say which router), else the default `sure_min`."""
+        fitted = self.sure_router is None or router_fp is None or router_fp == self.sure_router
+        return self.sure_mins.get(route, self.sure_min) if fitted else self.sure_min
+
+    def model_for(self, route: str, probability: float | None = None, router_fp: str | None = None) -> str | None:
         """Top-1 policy: the route's sure-only adapter when the router is sure enough, else the route's model."""
-        if route in self.sure and probability is not None and probability >= self.sure_min:
+        if route in self.sure and probability is not None and probability >= self.sure_threshold(route, router_fp):
             return self.sure[route]
         return self.routes.get(route)
 

@@ -43,6 +43,12 @@ class GatewayState:
         return await asyncio.get_running_loop().run_in_executor(self.router_pool, router.decide, text)
 
     @property
+    def router_fp(self) -> str | None:
+        """The loaded router's fingerprint: the audit's per-route sure thresholds hold only for the router they were
+        fitted on (another gets the table's default threshold)."""
+        return self.router.fingerprint() if self.router is not None else None
+
+    @property
     def base(self) -> str:
         return self.cfg.base.name
 
@@ -52,7 +58,7 @@ class GatewayState:
     def route_model(self, route: str, probability: float | None = None) -> str:
         """The model that serves a route: the audit table's choice (given how sure the router is), else the adapter
         of that name, else the base."""
-        model = self.table.model_for(route, probability)
+        model = self.table.model_for(route, probability, self.router_fp)
         if model in self.adapters or model == self.base:
             return model
         return route if route in self.adapters else self.base

@@ -78,23 +78,34 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
         chosen = doc["routes"]["finance"]
         assert chosen in ("smollm2", "legal")  # the best-scoring usable model, never the flagged adapter
         # ... which serves its route only for sure prompts, and only if it clearly beats the base there
-        gains_clearly = doc["adapters"]["finance"]["own_domain_gain"] > doc["switch_margin"] and chosen == "smollm2"
-        assert doc["sure"] == ({"finance": "finance"} if gains_clearly else {}) and doc["sure_min"] == 0.9
-        assert doc["adapters"]["legal"]["own_domain_gain"] > 0 and doc["routes"]["legal"] == "legal"
-        assert json.loads(table.read_text())["routes"] == doc["routes"]
-        assert (tmp_path / "audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
-
         from classifier.routers.embedding import EmbeddingRouter
+        from deploy.sure_thresholds import fit_sure_thresholds, routing_text
         from gateway.app import create_app
         from gateway.config import Secrets, load_config
         from gateway.routing_table import RoutingTable
 
         local = EmbeddingRouter.load(example_router)
         tbl = RoutingTable.load(table)
+        gains_clearly = doc["adapters"]["finance"]["own_domain_gain"] > doc["switch_margin"] and chosen == "smollm2"
+        # with a trained router, the threshold is fitted on where the general eval prompts land (0.5 % cost budget)
+        texts = {c: [t for t in (routing_text(json.loads(x)) for x in (evals / f).read_text().splitlines()) if t.strip()]
+                 for c, f in (("general", "general/eval.jsonl"), ("general_chat", "general/chat.jsonl"))}
+        probs = {c: [d.probs for d in local.decide_batch(v)] for c, v in texts.items()}  # as the audit: one batch per set
+        fitted = fit_sure_thresholds({"finance": "finance"}, probs,
+                                     {"finance": doc["adapters"]["finance"]["relative_nll_change"]}, 0.005)["finance"]
+        sure = gains_clearly and fitted is not None
+        assert doc["sure"] == ({"finance": "finance"} if sure else {}) and doc["sure_min"] == 0.9
+        assert doc["sure_mins"] == ({"finance": fitted} if sure else {})
+        assert tbl.sure_router == (local.fingerprint() if gains_clearly else None)
+        assert doc["adapters"]["legal"]["own_domain_gain"] > 0 and doc["routes"]["legal"] == "legal"
+        assert json.loads(table.read_text())["routes"] == doc["routes"]
+        assert (tmp_path / "audit" / "audit.png").read_bytes()[:4] == b"\x89PNG"
         cfg = load_config(cfg_path)  # a fresh gateway reads the table from disk
         with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
             auto = httpx.get(f"{gw.url}/v1/models").json()["data"][0]
             assert auto["forgetless"]["audited"] and auto["forgetless"]["routes"]["finance"] == chosen
+            assert auto["forgetless"]["sure_only"] == (
+                {"finance": {"model": "finance", "min_probability": fitted}} if sure else {})
             text = "How do I compute the current ratio from a balance sheet?"
             r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=120, json={
                 "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})

@@ -104,6 +104,9 @@ def test_table_round_trip_and_damaged_files(tmp_path):
                       ('{"routes": {}, "sure": ["legal"]}', "'sure' must map"),
                       ('{"routes": {}, "sure_min": 1.5}', "'sure_min' must be a probability"),
                       ('{"routes": {}, "sure_min": "high"}', "'sure_min' must be a probability"),
+                      ('{"routes": {}, "sure_mins": {"legal": 0.2}}', "'sure_mins' must map"),
+                      ('{"routes": {}, "sure_mins": {"legal": true}}', "'sure_mins' must map"),
+                      ('{"routes": {}, "sure_router": 7}', "'sure_router' must be"),
                       (b"\xff\xfe", "not valid JSON")]:
         (p.write_bytes if isinstance(text, bytes) else p.write_text)(text)
         with pytest.raises(InputError, match=msg) as exc:
@@ -115,6 +118,61 @@ def test_table_round_trip_and_damaged_files(tmp_path):
     p.write_text(json.dumps({"routes": {"legal": "base"}, "sure": {"legal": "ghost"}}))
     with pytest.raises(InputError, match="'ghost', which is not served"):
         RoutingTable.load(p).check_models({"base", "legal"}, p)
+
+
+def test_sure_thresholds_fitted_per_route_from_where_general_prompts_land(tmp_path):
+    from deploy.sure_thresholds import fit_sure_thresholds
+
+    # 100 general prompts: none looks like code, 4 look like legal with p 0.995, 1 with p 0.7
+    general = [{"general": 0.9, "legal": 0.05, "code": 0.05} for _ in range(95)]
+    general += [{"legal": 0.995, "general": 0.005}] * 4 + [{"legal": 0.7, "general": 0.3}]
+    loss = {"legal": {"general": 0.25}, "code": {"general": 0.25}}
+    fitted = fit_sure_thresholds({"legal": "legal", "code": "code"}, {"general": general}, loss, cost=0.01)
+    # code: no general prompt reaches it at any threshold; legal: 5 % × 25 % > 1 % at 0.7, 4 % × 25 % = 1 % above it
+    assert fitted == {"code": 0.5, "legal": 0.71}
+    assert fit_sure_thresholds({"legal": "legal"}, {"general": general}, loss, cost=0.005) == {"legal": None}
+    # an adapter that does not lose on a set is free to take all of it
+    assert fit_sure_thresholds({"legal": "legal"}, {"general": general}, {"legal": {"general": -0.01}}, 0.0) == {"legal": 0.5}
+
+    # in the audit's table: legal is flagged (3 % general loss) and wins its route: a threshold fitted for this router
+    strict, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
+                            ["general"], 0.02, fallback="general", general_probs={"general": general}, sure_cost=0.0013,
+                            router_fp="r1")
+    assert strict.sure == {"legal": "legal"} and strict.sure_mins == {"legal": 0.71} and strict.sure_router == "r1"
+    assert strict.model_for("legal", 0.75, "r1") == "legal" and strict.model_for("legal", 0.7, "r1") == "base"
+    # another router's probabilities are not what the threshold was fitted on: the default 0.9 applies
+    assert strict.model_for("legal", 0.75, "r2") == "base" and strict.model_for("legal", 0.9, "r2") == "legal"
+    p = tmp_path / "t.json"
+    p.write_text(strict.to_json())
+    back = RoutingTable.load(p)
+    assert back.sure_mins == {"legal": 0.71} and back.sure_threshold("legal", "r1") == 0.71
+    assert back.sure_threshold("legal", "r2") == 0.9
+    # no threshold keeps the cost in budget: no sure-only route
+    none, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
+                          ["general"], 0.02, fallback="general", general_probs={"general": general}, sure_cost=0.001)
+    assert not none.sure and none.model_for("legal", 0.99) == "base"
+
+
+def test_another_model_takes_a_route_only_when_it_wins_on_most_items():
+    routes = ["legal", "finance", "general"]
+    # finance's adapter beats the legal route's default (the base) by 10 % on average ...
+    m = {"base": {"legal": 2.0, "finance": 2.0, "general": 2.0},
+         "legal": {"legal": 2.1, "finance": 2.0, "general": 2.0},
+         "finance": {"legal": 1.8, "finance": 1.5, "general": 2.0}}
+    # ... but only through one item: on 7 of 8 it is worse
+    lucky = {"base": {"legal": [2.0] * 8}, "legal": {"legal": [2.1] * 8},
+             "finance": {"legal": [2.05] * 7 + [0.05]}}  # mean 1.8
+    for m_ in lucky.values():
+        m_.update({"finance": [1.5] * 8, "general": [2.0] * 8})
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general", item_nlls=lucky)
+    assert table.routes["legal"] == "base"
+    # better on every item: it takes the route
+    steady = {**lucky, "finance": {**lucky["finance"], "legal": [1.8] * 8}}
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general", item_nlls=steady)
+    assert table.routes["legal"] == "finance"
+    # without per-item scores the mean decides (the earlier behaviour)
+    table, _ = build_table(m, "base", ["legal", "finance"], routes, ["general"], 0.05, fallback="general")
+    assert table.routes["legal"] == "finance"
 
 
 def test_candidate_judgement():

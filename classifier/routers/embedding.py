@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -48,6 +49,16 @@ class EmbeddingRouter(Router):
         self.meta = meta or {}
         self._cache: OrderedDict[str, Decision] = OrderedDict()
         self._cache_size, self._lock = cache_size, Lock()
+        self._fp: str | None = None
+
+    def fingerprint(self) -> str:
+        """Identifies what decides routes (labels, thresholds, calibration, training data and recipe): thresholds
+        fitted on this router's probabilities (the audit's sure-only ones) hold for it and no other."""
+        if self._fp is None:  # a router does not change once built; the gateway asks on every request
+            key = {"labels": self.labels, "thresholds": self.thresholds, "temperature": self.head.temperature,
+                   "training": self.meta.get("training", {})}
+            self._fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self._fp
 
     # ---- training -------------------------------------------------------------------------------
     @classmethod

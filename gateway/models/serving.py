@@ -14,7 +14,7 @@ def list_models(state: GatewayState) -> dict:
                        "routes": state.routing_table(),
                        "audited": bool(state.table), "selection": cfg.router.selection,
                        "flagged": state.table.flagged,
-                       "sure_only": {r: {"model": m, "min_probability": state.table.sure_min}
+                       "sure_only": {r: {"model": m, "min_probability": state.table.sure_threshold(r, state.router_fp)}
                                      for r, m in state.table.sure.items() if m in state.adapters}},
     }, {
         "id": state.base, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": None,

@@ -1,0 +1,50 @@
+"""How sure the router must be before a sure-only adapter answers: one threshold per route, fitted on where
+general prompts land.
+
+A flagged adapter forgets general ability, so each general prompt the router sends to it costs about that
+adapter's measured general loss. With `share(t)` the part of a general eval set whose probability for the
+adapter's route is at least t, the expected loss on that set is share(t) × loss. The threshold is the lowest t
+(from 0.5 up) at which that product stays within `cost` on every general set: a route general prompts never
+resemble (code, say) gets a low bar and serves most of its domain's prompts, one they often resemble gets a high
+bar, and a route no threshold makes safe gets no sure-only adapter at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+#: the candidate thresholds, lowest first
+GRID = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 .. 0.99
+
+
+def fit_sure_thresholds(sure: Mapping[str, str], general_probs: Mapping[str, Sequence[Mapping[str, float]]],
+                        general_loss: Mapping[str, Mapping[str, float]], cost: float) -> dict[str, float | None]:
+    """Per sure-only route: the lowest threshold keeping share(t) × loss within `cost` on every general set.
+
+    `sure`: route -> adapter; `general_probs`: general set -> the router's probabilities (route -> p) for each of
+    its prompts; `general_loss`: adapter -> general set -> relative NLL change against the base (a gain counts as
+    no loss). None for a route no threshold below 1 makes safe."""
+    out: dict[str, float | None] = {}
+    for route, adapter in sure.items():
+        out[route] = None
+        for t in GRID:
+            worst = 0.0
+            for col, probs in general_probs.items():
+                if not probs:
+                    continue
+                share = sum(1 for p in probs if p.get(route, 0.0) >= t) / len(probs)
+                worst = max(worst, share * max(general_loss.get(adapter, {}).get(col, 0.0), 0.0))
+            if worst <= cost:
+                out[route] = t
+                break
+    return out
+
+
+def routing_text(row: Mapping) -> str:
+    """What the router reads of an eval row: the last user message of a chat, or the prose itself."""
+    if "messages" in row:
+        users = [m.get("content") for m in row["messages"][:-1] if isinstance(m, Mapping) and m.get("role") == "user"]
+        users = [u for u in users if isinstance(u, str)]
+        return users[-1] if users else ""
+    text = row.get("text", "")
+    return text[:2000] if isinstance(text, str) else ""
