@@ -59,12 +59,16 @@ def forgetting(
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default benchmarks/results, quick: .../quick).")] = None,
     tasks: Annotated[bool, typer.Option("--tasks/--no-tasks", help=(
         "Also answer the reported math/code/finance items greedily: final-number exact match, code pass@1."))] = True,
+    rescore: Annotated[bool, typer.Option("--rescore", help=(
+        "Score every item again instead of reusing per-item scores cached by an earlier run with the same "
+        "models, items and library versions."))] = False,
 ):
     """Forgetting matrix per training regime: base, each adapter, mixed, routed, oracle on 5 domains + 3 general sets."""
     from benchmarks.forgetting import RESULTS, run
 
     out_dir = out or (RESULTS / "quick" if quick else RESULTS)
-    doc = run(quick=quick, out_dir=out_dir, n_report=items, forgetting_limit=forgetting_limit, tasks=tasks)
+    doc = run(quick=quick, out_dir=out_dir, n_report=items, forgetting_limit=forgetting_limit, tasks=tasks,
+              rescore=rescore)
     for name, r in doc["regimes"].items():
         t = r["targets"]
         typer.echo(f"{name:10s} routed≈oracle (2 %): {'yes' if t['met_oracle'] else 'no'}  routed≥base (0.5 %): "

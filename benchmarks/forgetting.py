@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmarks.forgetting_regimes import DOMAINS, REGIMES, Regime, ensure_adapters, missing_adapters
 from benchmarks.processes import free_port
 from classifier.errors import InputError
+from deploy.sure_thresholds import routing_text
 from gateway.routing_table import SURE_MIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,13 +41,6 @@ class EvalItem:
     column: str
     row: dict
     text: str  # what the router reads: the last user message, or the prose itself
-
-
-def routing_text(row: dict) -> str:
-    if "messages" in row:
-        users = [m["content"] for m in row["messages"][:-1] if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        return users[-1] if users else ""
-    return row.get("text", "")[:2000]
 
 
 def load_items(shared: Path, n_report: int, n_audit: int, seed: int = 0) -> tuple[list[EvalItem], list[EvalItem]]:
@@ -135,22 +129,43 @@ def _share(items: list[EvalItem], picks: list[str], column: str, regime: str) ->
 
 
 def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, forgetting_limit: float,
-                sure_min: float | None = SURE_MIN):
-    """The audit (forgetless's own build_table) on the held-apart audit items of this regime."""
+                sure_min: float | None = SURE_MIN, general_probs: dict | None = None, router_fp: str | None = None):
+    """The audit (forgetless's own build_table) on the held-apart audit items of this regime; sure-only thresholds
+    fitted on `general_probs` (the router's probabilities for general prompts that are not reported) if given."""
     from deploy.audit import build_table
 
     models = [BASE, *(model_name(regime, d) for d in DOMAINS)]
     # the audit's columns are named after routes; adapters are named after their domain
     matrix = column_matrix(models, audit_items, audit_scores)
-    renamed = {BASE: matrix[BASE], **{d: matrix[model_name(regime, d)] for d in DOMAINS}}
+    names = {BASE: BASE, **{d: model_name(regime, d) for d in DOMAINS}}
+    renamed = {k: matrix[m] for k, m in names.items()}
+    item_nlls = {k: {c: [t / max(n, 1) for (t, n), it in zip(audit_scores[m], audit_items) if it.column == c] for c in COLUMNS}
+                 for k, m in names.items()}
     table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general",
-                                switch_margin=0.02, sure_min=sure_min)
+                                switch_margin=0.02, sure_min=sure_min, item_nlls=item_nlls, general_probs=general_probs,
+                                router_fp=router_fp)
     table.routes["general"] = BASE
     table.routes = {r: (m if m == BASE else model_name(regime, m)) for r, m in table.routes.items()}
     table.quality = {r: {(m if m == BASE else model_name(regime, m)): q for m, q in row.items()} for r, row in table.quality.items()}
     table.flagged = [model_name(regime, a) for a in table.flagged]
     table.sure = {r: model_name(regime, a) for r, a in table.sure.items()}
     return table, report
+
+
+def general_probe(shared: Path, report_items: list[EvalItem], router) -> dict[str, list[dict[str, float]]]:
+    """The router's probabilities for every general prompt that is not reported: what the audit fits sure-only
+    thresholds on, so no reported item decides how its own column is routed."""
+    import json
+
+    from classifier.data import read_jsonl
+
+    reported = {json.dumps(it.row, sort_keys=True) for it in report_items}
+    out = {}
+    for col, rel in GENERAL.items():
+        rows = [o for _, o in read_jsonl(shared / "adapters" / rel)[0] if json.dumps(o, sort_keys=True) not in reported]
+        texts = [t for t in map(routing_text, rows) if t.strip()]
+        out[col] = [d.probs for d in router.decide_batch(texts)] if texts else []
+    return out
 
 
 def train_router(shared: Path, log=print):
@@ -176,7 +191,7 @@ def train_router(shared: Path, log=print):
 
 def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_report: int | None = None,
         n_audit: int | None = None, forgetting_limit: float = 0.05, regimes: list[Regime] | None = None,
-        tasks: bool = True, log=print) -> dict:
+        tasks: bool = True, rescore: bool = False, log=print) -> dict:
 
     from deploy.base_model import DEFAULT_BASE_DIR, build_base
 
@@ -198,17 +213,19 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     report_items, audit_items = load_items(shared, n_report, n_audit)
     router = train_router(shared, log=log)
     decisions = router.decide_batch([it.text for it in report_items])
+    probe = general_probe(shared, report_items, router)
 
     # greedy generation is the slow part on CPU: --quick answers at most 2 checkable items per column
     checkable = checkable_items(report_items, (2 if quick else None) if tasks else 0)
-    scores = score_all(run_regimes, base_dir, report_items, audit_items, checkable, log)
+    scores, from_cache = cached_scores(run_regimes, base_dir, report_items, audit_items, checkable, rescore, log)
     doc = {"metric": "nll", "columns": COLUMNS, "rows": ["base", *(f"adapter:{d}" for d in DOMAINS), "mixed", *ROUTED_ROWS],
            "items_per_column": n_report, "audit_items_per_column": n_audit, "forgetting_limit": forgetting_limit,
            "quick": quick, "regimes": {}, "skipped_regimes": skipped,
-           "task_items": task_counts(report_items, checkable)}
+           "task_items": task_counts(report_items, checkable), "scores_from_cache": from_cache}
     for rg in run_regimes:
         per_item, audit_scores, solved = scores[rg.name]
-        table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit)
+        table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit,
+                                          general_probs=probe, router_fp=router.fingerprint())
         ungated = {d: model_name(rg.name, d) for d in DOMAINS}
         res = assemble(rg.name, report_items, per_item, decisions, table, ungated)
         doc["regimes"][rg.name] = {
@@ -217,7 +234,8 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
             "tasks": assemble_tasks(rg.name, report_items, solved, res["picks"]),
             "table": {"routes": {r: m.removeprefix(f"{rg.name}-") for r, m in table.routes.items()},
                       "flagged": [f.removeprefix(f"{rg.name}-") for f in table.flagged],
-                      "sure": {r: m.removeprefix(f"{rg.name}-") for r, m in table.sure.items()}, "sure_min": table.sure_min},
+                      "sure": {r: m.removeprefix(f"{rg.name}-") for r, m in table.sure.items()}, "sure_min": table.sure_min,
+                      "sure_mins": table.sure_mins},
             "targets": targets(res["matrix"], aggressive=rg.name == "aggressive"),
         }
     matrices = doc["regimes"]
@@ -235,6 +253,31 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
 
     write_report(doc, out_dir)
     return doc
+
+
+def cached_scores(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],
+                  checkable: list, rescore: bool = False, log=print) -> tuple[dict[str, tuple[dict, dict, dict]], list[str]]:
+    """score_all's result, per regime from the score cache when everything it depends on is unchanged; and the
+    regimes that came from the cache."""
+    from benchmarks import score_cache
+
+    rows = [it.row for it in [*report_items, *audit_items]]
+    keys = {rg.name: score_cache.regime_key(rg.recipe(), rg.scorer, base_dir,
+                                            [rg.adapter_dir(n) for n in [*DOMAINS, "mixed"]],
+                                            [[it.column, it.row] for it in report_items] + [["audit", r] for r in rows[len(report_items):]],
+                                            checkable)
+            for rg in regimes}
+    out = {} if rescore else {rg.name: got for rg in regimes if (got := score_cache.load(rg.name, keys[rg.name]))}
+    cached = sorted(out)
+    for name in cached:
+        log(f"regime {name}: per-item scores from the cache ({score_cache.CACHE}; --rescore to score again)")
+    missing = [rg for rg in regimes if rg.name not in out]
+    if missing:
+        fresh = score_all(missing, base_dir, report_items, audit_items, checkable, log)
+        for name, scores in fresh.items():
+            score_cache.save(name, keys[name], scores)
+        out.update(fresh)
+    return out, cached
 
 
 def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from benchmarks.forgetting_regimes import DOMAINS
-from gateway.routing_table import SURE_MIN
 
 GENERAL = ["general", "general_chat", "wikitext"]
 
@@ -63,7 +62,9 @@ def plot_tradeoff(doc: dict, out: Path) -> None:
 def markdown(doc: dict) -> str:
     cols = doc["columns"]
     lines = ["# Forgetting benchmark", "",
-             f"Command: `{doc['command']}` ({doc['minutes']} min)  ",
+             f"Command: `{doc['command']}` ({doc['minutes']} min"
+             + (f"; per-item scores of {', '.join(doc['scores_from_cache'])} reused from an earlier run with the same "
+                "models, items and versions" if doc.get("scores_from_cache") else "") + ")  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + "  ",
              f"Metric: mean per-token NLL of the reference answer given the prompt, computed by vLLM (prompt_logprobs), "
              f"lower is better; {doc['items_per_column']} items per column (seeded sample). The audit that gates `routed` "
@@ -71,7 +72,8 @@ def markdown(doc: dict) -> str:
              f"trained on {doc['router']['data']}.", "",
              "Rows: `base`; `adapter:<d>` alone; `mixed` = one LoRA on all five domains with the same total budget; "
              "`routed` = router top-1 → the audit's quality-gated table (a flagged adapter that wins its own domain serves it only "
-             f"when the router is ≥ {SURE_MIN:.0%} sure); `routed_expected` = expected-quality policy; "
+             "when the router is sure enough: per route, the lowest probability at which the general prompts that are not "
+             "reported would cost each general column at most 0.5 % through it); `routed_expected` = expected-quality policy; "
              "`routed_ungated` = router top-1 → adapter of that name, no audit; `oracle` = adapter of the true domain "
              "(base for general columns).", ""]
     for c, reason in doc.get("skipped_regimes", {}).items():
@@ -94,7 +96,8 @@ def markdown(doc: dict) -> str:
         for d in DOMAINS:
             row = m[f"adapter:{d}"]
             sure = r["table"].get("sure", {}).get(d) == d
-            verdict = (f"flagged (forgets): serves {d} when the router is ≥ {r['table']['sure_min']:.0%} sure" if sure
+            at = r["table"].get("sure_mins", {}).get(d, r["table"]["sure_min"])
+            verdict = (f"flagged (forgets): serves {d} when the router is ≥ {at:.0%} sure" if sure
                        else "flagged (forgets)") if d in r["table"]["flagged"] else (
                 "used" if r["table"]["routes"].get(d) == d else f"route → {r['table']['routes'].get(d)}")
             lines.append(f"| {d} | {-rel(row[d], base[d]):+.1%} | " + " | ".join(f"{rel(row[c], base[c]):+.1%}" for c in GENERAL)

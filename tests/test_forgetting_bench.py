@@ -73,6 +73,14 @@ def test_flagged_adapters_serve_only_sure_prompts():
     res = assemble("r", items, scores, unsure, table, ungated)
     assert res["matrix"]["routed"]["general"] == 2.0 and res["matrix"]["routed_ungated"]["general"] == 2.6
     assert res["matrix"]["routed"]["legal"] == 2.0  # an unsure legal prompt loses the adapter's gain: the price
+    # thresholds fitted on where general prompts land: none of 200 looks like code, 10 % look like legal at 0.6
+    probe = {c: [{"general": 0.9, "code": 0.1}] * 180 + [{"legal": 0.6, "general": 0.4}] * 20 for c in ["general", "general_chat", "wikitext"]}
+    fitted, _ = gated_table("r", items, scores, forgetting_limit=0.05, general_probs=probe, router_fp="fp")
+    assert fitted.sure_mins["code"] == 0.5 and fitted.sure_mins["legal"] == 0.61
+    unsure[COLUMNS.index("code")] = _decision("code", 0.6)
+    res = assemble("r", items, scores, unsure, fitted, ungated)
+    assert res["matrix"]["routed"]["code"] == 1.5  # an unsure code prompt still reaches the code adapter ...
+    assert res["matrix"]["routed"]["general"] == 2.0  # ... a general prompt at legal 0.6 still does not reach legal
     # without sure-only routes, flagged adapters serve nothing
     table, _ = gated_table("r", items, scores, forgetting_limit=0.05, sure_min=None)
     assert not table.sure
@@ -83,9 +91,10 @@ def test_flagged_adapters_serve_only_sure_prompts():
 
 def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
     """The real benchmark, small: committed light-regime adapters, a second vLLM, 3 items per column."""
-    r = run_cli("bench", "forgetting", "--quick", "--items", "3", "--out", tmp_path, timeout=1500)
+    r = run_cli("bench", "forgetting", "--quick", "--items", "3", "--out", tmp_path, "--rescore", timeout=1500)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     doc = json.loads((tmp_path / "forgetting.json").read_text())
+    assert doc["scores_from_cache"] == []  # --rescore: every item scored on vLLM in this run
     assert doc["metric"] == "nll" and doc["columns"] == COLUMNS
     assert doc["command"] == "forgetless bench forgetting --quick --items 3"  # the report says how to reproduce it
     light = doc["regimes"]["light"]["matrix"]
@@ -111,3 +120,31 @@ def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
     assert "## Regime `light`" in md and "routed within 2 % of oracle" in md
     for png in ("forgetting_light.png", "forgetting_tradeoff.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    # the same run again reuses the per-item scores: same matrices, no scoring
+    again = tmp_path / "again"
+    r = run_cli("bench", "forgetting", "--quick", "--items", "3", "--out", again, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    doc2 = json.loads((again / "forgetting.json").read_text())
+    assert doc2["scores_from_cache"] == sorted(doc["regimes"]) and "from the cache" in r.stdout + r.stderr
+    assert {k: v["matrix"] for k, v in doc2["regimes"].items()} == {k: v["matrix"] for k, v in doc["regimes"].items()}
+    assert "reused from an earlier run" in (again / "forgetting.md").read_text()
+
+
+def test_score_cache_key_follows_the_models_and_items(tmp_path):
+    from benchmarks import score_cache
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir(), adapter.mkdir()
+    (base / "model.safetensors").write_bytes(b"base weights")
+    (adapter / "adapter_model.safetensors").write_bytes(b"lora weights")
+    key = lambda rows: score_cache.regime_key({"rank": 8}, "vllm", base, [adapter], rows, [])  # noqa: E731
+    k = key([{"text": "a"}])
+    assert k == key([{"text": "a"}]) and k != key([{"text": "b"}])
+    scores = ({"m": [(2.5, 10)]}, {"m": [(1.0, 4)]}, {"m": {0: True}})
+    cache = tmp_path / "cache"
+    score_cache.save("light", k, scores, cache)
+    assert score_cache.load("light", k, cache) == scores
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")  # a retrained adapter is scored again
+    assert key([{"text": "a"}]) != k and score_cache.load("light", key([{"text": "a"}]), cache) is None
+    (cache / f"light-{k}.json").write_text("{damaged")
+    assert score_cache.load("light", k, cache) is None
