@@ -155,7 +155,7 @@ def general_route_probs(cfg, eval_dir: Path, general_cols: list[str], log=print)
     for col in general_cols:
         rows = [obj for _, obj in read_jsonl(Path(eval_dir) / GENERAL_COLUMNS[col])[0]]
         texts = [t for t in (routing_text(r) for r in rows) if t.strip()]
-        probs[col] = [d.probs for d in router.decide_batch(texts)] if texts else []
+        probs[col] = [router.decide(t).probs for t in texts]  # one at a time, as the gateway decides
     log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} general prompts (router {router.fingerprint()})")
     return probs, router.fingerprint()
 

@@ -90,7 +90,7 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
         # with a trained router, the threshold is fitted on where the general eval prompts land (0.5 % cost budget)
         texts = {c: [t for t in (routing_text(json.loads(x)) for x in (evals / f).read_text().splitlines()) if t.strip()]
                  for c, f in (("general", "general/eval.jsonl"), ("general_chat", "general/chat.jsonl"))}
-        probs = {c: [d.probs for d in local.decide_batch(v)] for c, v in texts.items()}  # as the audit: one batch per set
+        probs = {c: [local.decide(t).probs for t in v] for c, v in texts.items()}  # as the audit and the gateway
         fitted = fit_sure_thresholds({"finance": "finance"}, probs,
                                      {"finance": doc["adapters"]["finance"]["relative_nll_change"]}, 0.005)["finance"]
         sure = gains_clearly and fitted is not None
