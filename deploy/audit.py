@@ -228,6 +228,9 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         raise InputError(f"{cfg.source}: no adapters to audit")
     routes = adapters
     columns = eval_columns(eval_dir, routes, limit)
+    # the router's view of the general prompts first: a router that does not load fails before the slow scoring
+    general_names = [c.name for c in columns if c.name in GENERAL_COLUMNS]
+    fit = general_route_probs(cfg, eval_dir, general_names, log) if fit_sure and sure_min is not None else None
     base_dir = resolve_base(cfg, log)
     for a in cfg.adapters:  # one line naming the adapter, before vLLM would fail on it with a traceback in its log
         check_adapter(a.path, base_dir, cfg.vllm.max_lora_rank)
@@ -256,7 +259,6 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
             server.stop()
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
     fallback = cfg.router.fallback
-    fit = general_route_probs(cfg, eval_dir, general_cols, log) if fit_sure and sure_min is not None else None
     table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback,
                                 switch_margin, sure_min, item_nlls=per_item, general_probs=fit and fit[0],
                                 sure_cost=sure_cost, router_fp=fit and fit[1])

@@ -101,6 +101,13 @@ class RoutingTable:
         fitted = self.sure_router is None or router_fp is None or router_fp == self.sure_router
         return self.sure_mins.get(route, self.sure_min) if fitted else self.sure_min
 
+    def stale_for(self, router_fp: str | None) -> str | None:
+        """A one-line warning when the per-route sure thresholds were fitted for another router than `router_fp`."""
+        if self.sure_mins and self.sure_router and router_fp and router_fp != self.sure_router:
+            return (f"routing table's sure-only thresholds were fitted for router {self.sure_router}, the loaded router "
+                    f"is {router_fp}: every sure-only route uses {self.sure_min:g} until `forgetless audit` runs again")
+        return None
+
     def model_for(self, route: str, probability: float | None = None, router_fp: str | None = None) -> str | None:
         """Top-1 policy: the route's sure-only adapter when the router is sure enough, else the route's model."""
         if route in self.sure and probability is not None and probability >= self.sure_threshold(route, router_fp):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ class GatewayState:
         self.adapters: dict[str, AdapterConfig] = {a.name: a for a in cfg.adapters}
         self.table = RoutingTable.load(cfg.router.table)
         self.table.check_models(set(self.known_models()), cfg.router.table)
+        if stale := self.table.stale_for(self.router_fp):
+            logging.getLogger("forgetless.gateway").warning(stale)
         self.client: httpx.AsyncClient | None = None
         self.reload_lock = asyncio.Lock()
         # one thread decides routes, one request after another: the encoder already uses both cores for one

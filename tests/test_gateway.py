@@ -352,3 +352,13 @@ def test_sure_only_route_serves_sure_prompts_and_sends_the_rest_to_base(vllm, de
             if not sure:
                 assert r.headers["x-forgetless-fallback"] == "quality-gate"
         assert True in seen  # the clear legal prompt was served by the sure-only adapter
+        # per-route thresholds hold for the router they were fitted on; for another router the fixed one applies
+        state = app.state.gateway
+        state.table = RoutingTable(routes={"legal": "smollm2", "general": "smollm2"}, flagged=["legal"],
+                                   sure={"legal": "legal"}, sure_min=0.5, sure_mins={"legal": 0.97},
+                                   sure_router=state.router_fp)
+        sure_only = lambda: httpx.get(f"{gw.url}/v1/models").json()["data"][0]["forgetless"]["sure_only"]  # noqa: E731
+        assert sure_only() == {"legal": {"model": "legal", "min_probability": 0.97}} and not state.table.stale_for(state.router_fp)
+        state.table.sure_router = "0123456789abcdef"
+        assert sure_only() == {"legal": {"model": "legal", "min_probability": 0.5}}
+        assert "fitted for router 0123456789abcdef" in state.table.stale_for(state.router_fp)

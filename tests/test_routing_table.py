@@ -147,6 +147,7 @@ def test_sure_thresholds_fitted_per_route_from_where_general_prompts_land(tmp_pa
     back = RoutingTable.load(p)
     assert back.sure_mins == {"legal": 0.71} and back.sure_threshold("legal", "r1") == 0.71
     assert back.sure_threshold("legal", "r2") == 0.9
+    assert back.stale_for("r1") is None and "fitted for router r1" in back.stale_for("r2")
     # no threshold keeps the cost in budget: no sure-only route
     none, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
                           ["general"], 0.02, fallback="general", general_probs={"general": general}, sure_cost=0.001)

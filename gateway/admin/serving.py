@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from gateway.config import AdapterConfig
 from gateway.errors import GatewayError
 from gateway.routing_table import RoutingTable
 from gateway.state import GatewayState
+
+log = logging.getLogger("forgetless.gateway")
 
 
 async def reload_router(state: GatewayState, path: str | None) -> dict:
@@ -42,8 +45,11 @@ async def reload_router(state: GatewayState, path: str | None) -> dict:
         # plain assignments: requests already holding the old router or table finish with them
         state.router, state.table = new, table
         state.adapters.update(adopted)
+        stale = table.stale_for(new.fingerprint())
+        if stale:
+            log.warning(stale)
     return {"reloaded": True, "path": str(target), "routes": new.labels, "fallback": new.fallback,
-            "table": state.routing_table()}
+            "table": state.routing_table(), **({"warning": stale} if stale else {})}
 
 
 def resolve_under_root(state: GatewayState, raw: str) -> Path:
