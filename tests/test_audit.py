@@ -137,6 +137,15 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
                 assert r.status_code == 200 and r.json()["model"] == want == r.headers["x-forgetless-model"], text
                 if "France" in text:
                     assert want != "finance"
+
+        # --sure-min P: one fixed threshold for every sure-only route, nothing fitted
+        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "4", "--task-items", "0",
+                    "--sure-min", "0.95", "--out", tmp_path / "audit-fixed")
+        assert r.returncode == 0, r.stderr[-3000:]
+        fixed = json.loads((tmp_path / "audit-fixed" / "audit.json").read_text())
+        assert fixed["sure_min"] == 0.95 and fixed["sure_mins"] == {} and fixed["sure_cost"] is None
+        assert RoutingTable.load(table).sure_router is None
+        assert ("finance at p >= 0.95" in r.stdout) == bool(fixed["sure"])
     finally:
         httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "finance"}, timeout=60)
         httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "finance", "lora_path": good_finance}, timeout=60)
