@@ -25,7 +25,8 @@ from pathlib import Path
 from benchmarks.forgetting_regimes import DOMAINS, REGIMES, Regime, ensure_adapters, missing_adapters
 from benchmarks.processes import free_port
 from classifier.errors import InputError
-from deploy.sure_thresholds import routing_text
+from deploy.scoring import per_token, token_mean
+from deploy.sure_thresholds import route_probs, routing_text
 from gateway.routing_table import SURE_MIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,13 +67,8 @@ def model_name(regime: str, adapter: str) -> str:
     return f"{regime}-{adapter}"
 
 
-def aggregate(scores: list[tuple[float, int]]) -> float:
-    """Token-weighted mean NLL."""
-    return sum(s for s, _ in scores) / max(sum(n for _, n in scores), 1)
-
-
 def column_matrix(models: list[str], items: list[EvalItem], per_item: dict[str, list[tuple[float, int]]]) -> dict:
-    return {m: {c: aggregate([per_item[m][i] for i, it in enumerate(items) if it.column == c]) for c in COLUMNS}
+    return {m: {c: token_mean([per_item[m][i] for i, it in enumerate(items) if it.column == c]) for c in COLUMNS}
             for m in models}
 
 
@@ -100,7 +96,7 @@ def assemble(regime: str, items: list[EvalItem], per_item: dict, decisions: list
         per_col: dict[str, list] = {c: [] for c in COLUMNS}
         for i, (it, m) in enumerate(zip(items, picks)):
             per_col[it.column].append(per_item[m][i])
-        matrix[row] = {c: aggregate(v) for c, v in per_col.items()}
+        matrix[row] = {c: token_mean(v) for c, v in per_col.items()}
     picks_by_col = {row: {c: _share(items, picks, c, regime) for c in COLUMNS} for row, picks in choice.items()}
     return {"matrix": matrix, "choices": picks_by_col, "picks": choice}
 
@@ -139,7 +135,7 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     matrix = column_matrix(models, audit_items, audit_scores)
     names = {BASE: BASE, **{d: model_name(regime, d) for d in DOMAINS}}
     renamed = {k: matrix[m] for k, m in names.items()}
-    item_nlls = {k: {c: [t / max(n, 1) for (t, n), it in zip(audit_scores[m], audit_items) if it.column == c] for c in COLUMNS}
+    item_nlls = {k: {c: per_token([s for s, it in zip(audit_scores[m], audit_items) if it.column == c]) for c in COLUMNS}
                  for k, m in names.items()}
     table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general",
                                 switch_margin=0.02, sure_min=sure_min, item_nlls=item_nlls, general_probs=general_probs,
@@ -160,12 +156,9 @@ def general_probe(shared: Path, report_items: list[EvalItem], router) -> dict[st
     from classifier.data import read_jsonl
 
     reported = {json.dumps(it.row, sort_keys=True) for it in report_items}
-    out = {}
-    for col, rel in GENERAL.items():
-        rows = [o for _, o in read_jsonl(shared / "adapters" / rel)[0] if json.dumps(o, sort_keys=True) not in reported]
-        texts = [t for t in map(routing_text, rows) if t.strip()]
-        out[col] = [router.decide(t).probs for t in texts]  # one at a time, as the gateway decides
-    return out
+    return {col: route_probs(router, [o for _, o in read_jsonl(shared / "adapters" / rel)[0]
+                                      if json.dumps(o, sort_keys=True) not in reported])
+            for col, rel in GENERAL.items()}
 
 
 def train_router(shared: Path, log=print):
@@ -263,11 +256,9 @@ def cached_scores(regimes: list[Regime], base_dir: Path, report_items: list[Eval
     regimes that came from the cache."""
     from benchmarks import score_cache
 
-    rows = [it.row for it in [*report_items, *audit_items]]
+    rows = [[it.column, it.row] for it in report_items] + [["audit", it.row] for it in audit_items]
     keys = {rg.name: score_cache.regime_key(rg.recipe(), rg.scorer, base_dir,
-                                            [rg.adapter_dir(n) for n in [*DOMAINS, "mixed"]],
-                                            [[it.column, it.row] for it in report_items] + [["audit", r] for r in rows[len(report_items):]],
-                                            checkable)
+                                            [rg.adapter_dir(n) for n in [*DOMAINS, "mixed"]], rows, checkable)
             for rg in regimes}
     out = {} if rescore else {rg.name: got for rg in regimes if (got := score_cache.load(rg.name, keys[rg.name]))}
     cached = sorted(out)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks.forgetting_regimes import DOMAINS
+from deploy.audit import SURE_COST
 
 GENERAL = ["general", "general_chat", "wikitext"]
 
@@ -73,7 +74,7 @@ def markdown(doc: dict) -> str:
              "Rows: `base`; `adapter:<d>` alone; `mixed` = one LoRA on all five domains with the same total budget; "
              "`routed` = router top-1 → the audit's quality-gated table (a flagged adapter that wins its own domain serves it only "
              "when the router is sure enough: per route, the lowest probability at which the general prompts that are not "
-             "reported would cost each general column at most 0.5 % through it); `routed_expected` = expected-quality policy; "
+             f"reported would cost each general column at most {SURE_COST:.1%} through it); `routed_expected` = expected-quality policy; "
              "`routed_ungated` = router top-1 → adapter of that name, no audit; `oracle` = adapter of the true domain "
              "(base for general columns).", ""]
     for c, reason in doc.get("skipped_regimes", {}).items():

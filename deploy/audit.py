@@ -17,7 +17,7 @@ from pathlib import Path
 from classifier.data import read_jsonl
 from classifier.errors import InputError
 from deploy.adapter_check import check_adapter
-from deploy.sure_thresholds import fit_sure_thresholds, routing_text
+from deploy.sure_thresholds import fit_sure_thresholds, route_probs
 from gateway.routing_table import SURE_MIN, RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
@@ -151,11 +151,8 @@ def general_route_probs(cfg, eval_dir: Path, general_cols: list[str], log=print)
         log(f"no router at {path} yet: sure-only routes use the fixed threshold (train the router, then audit again)")
         return None
     router = EmbeddingRouter.load(path)
-    probs = {}
-    for col in general_cols:
-        rows = [obj for _, obj in read_jsonl(Path(eval_dir) / GENERAL_COLUMNS[col])[0]]
-        texts = [t for t in (routing_text(r) for r in rows) if t.strip()]
-        probs[col] = [router.decide(t).probs for t in texts]  # one at a time, as the gateway decides
+    probs = {col: route_probs(router, [obj for _, obj in read_jsonl(Path(eval_dir) / GENERAL_COLUMNS[col])[0]])
+             for col in general_cols}
     log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} general prompts (router {router.fingerprint()})")
     return probs, router.fingerprint()
 
@@ -218,7 +215,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     match, code pass@1; deploy/task_metrics.py) with greedy decoding; 0 skips that."""
     from rich.progress import Progress
 
-    from deploy.scoring import NllScorer, token_mean
+    from deploy.scoring import NllScorer, per_token, token_mean
     from deploy.serve import HOME, resolve_base
     from deploy.task_eval import vllm_task_scores
     from deploy.vllm_server import VllmServer
@@ -252,7 +249,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
                 for c in columns:
                     got = scorer.item_nlls(m, items[c.name], progress=lambda: bar.advance(task))
                     matrix[m][c.name] = token_mean(got)
-                    per_item[m][c.name] = [t / max(n, 1) for t, n in got]
+                    per_item[m][c.name] = per_token(got)
             tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar)
     finally:
         if server is not None:

@@ -57,6 +57,11 @@ def token_mean(results: list[tuple[float, int]]) -> float:
     return sum(t for t, _ in results) / max(sum(n for _, n in results), 1)
 
 
+def per_token(results: list[tuple[float, int]]) -> list[float]:
+    """Each item's own per-token NLL, from (summed NLL, tokens) pairs."""
+    return [t / max(n, 1) for t, n in results]
+
+
 class NllScorer:
     def __init__(self, url: str, tokenizer_dir: str | Path, headers: dict | None = None, workers: int = 1, max_tokens: int = 1024):
         from transformers import AutoTokenizer

@@ -40,6 +40,12 @@ def fit_sure_thresholds(sure: Mapping[str, str], general_probs: Mapping[str, Seq
     return out
 
 
+def route_probs(router, rows: Sequence[Mapping]) -> list[dict[str, float]]:
+    """The router's probabilities for each row that has text to route, decided one at a time as the gateway does
+    (batched, the int8 encoder's scores shift slightly with the rest of the batch)."""
+    return [router.decide(t).probs for t in map(routing_text, rows) if t.strip()]
+
+
 def routing_text(row: Mapping) -> str:
     """What the router reads of an eval row: the last user message of a chat, or the prose itself."""
     if "messages" in row:

@@ -95,15 +95,18 @@ class RoutingTable:
                            "sure_router": self.sure_router, "adopted": self.adopted,
                            "source": self.source}, indent=2) + "\n"
 
+    def fitted_for(self, router_fp: str | None) -> bool:
+        """Whether the per-route thresholds hold for the router `router_fp` (None: the caller does not say)."""
+        return self.sure_router is None or router_fp is None or router_fp == self.sure_router
+
     def sure_threshold(self, route: str, router_fp: str | None = None) -> float:
         """The probability at which `route`'s sure-only adapter serves: the audit's per-route value when it was
-        fitted for this router (or the caller does not say which router), else the default `sure_min`."""
-        fitted = self.sure_router is None or router_fp is None or router_fp == self.sure_router
-        return self.sure_mins.get(route, self.sure_min) if fitted else self.sure_min
+        fitted for this router, else the default `sure_min`."""
+        return self.sure_mins.get(route, self.sure_min) if self.fitted_for(router_fp) else self.sure_min
 
     def stale_for(self, router_fp: str | None) -> str | None:
         """A one-line warning when the per-route sure thresholds were fitted for another router than `router_fp`."""
-        if self.sure_mins and self.sure_router and router_fp and router_fp != self.sure_router:
+        if self.sure_mins and not self.fitted_for(router_fp):
             return (f"routing table's sure-only thresholds were fitted for router {self.sure_router}, the loaded router "
                     f"is {router_fp}: every sure-only route uses {self.sure_min:g} until `forgetless audit` runs again")
         return None
