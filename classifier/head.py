@@ -8,7 +8,7 @@ When routes come with topic lines (classifier/topics.py), a third, zero-shot par
 prompt's similarity to its closest line; it knows nothing of any training set's phrasing, which helps most on
 prompts from unseen sources (+4 macro-F1 points on held-out source families of the routing dev set with one line
 per route, +7 with the built-in topic lists). Probabilities are calibrated by a temperature fitted on held-out
-folds.
+folds. All parts see the embeddings centred on the training mean (see `centred`).
 
 When the training rows name their sources, the linear model weighs every source family equally within its
 route (and every route equally): otherwise one large source (330 bar-exam questions among the legal prompts)
@@ -77,6 +77,7 @@ class Head:
     prototype_labels: np.ndarray | None = None  # (P,) route index of each line
     zero_shot_weight: float = 1.0
     zero_shot_temperature: float = 0.05
+    center: np.ndarray | None = None  # (D,) mean training embedding (None: a router saved before centring)
 
     @classmethod
     def fit(cls, X: np.ndarray, y: list[str], labels: list[str], *, C: float = 10.0, k: int = 10,
@@ -84,6 +85,10 @@ class Head:
             groups: list[str] | None = None) -> "Head":
         """`groups` (one source family per row, or None) switches on per-source balancing of the linear model.
         `prototypes` are embedded topic lines and `prototype_labels` the route of each."""
+        center = X.mean(axis=0).astype(np.float32)
+        X = centred(X, center)
+        if prototypes is not None:
+            prototypes = centred(prototypes, center)
         weights = balanced_weights(y, groups)
         lr = LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if weights is None else None)
         lr.fit(X, y, sample_weight=weights)
@@ -98,11 +103,12 @@ class Head:
             k=k,
             prototypes=None if prototypes is None else prototypes.astype(np.float32),
             prototype_labels=None if prototypes is None else np.array([index[v] for v in prototype_labels], dtype=np.int32),
+            center=center,
         )
 
     def raw_proba(self, X: np.ndarray) -> np.ndarray:
         with _one_blas_thread():
-            return self._raw_proba(X)
+            return self._raw_proba(X if self.center is None else centred(X, self.center))
 
     def _raw_proba(self, X: np.ndarray) -> np.ndarray:
         p_lr = _softmax(X @ self.weight.T + self.bias)
@@ -142,6 +148,8 @@ class Head:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"weight": self.weight, "bias": self.bias, "memory": self.memory, "memory_labels": self.memory_labels}
+        if self.center is not None:
+            out["center"] = self.center
         if self.prototypes is not None:
             out["prototypes"] = self.prototypes
             out["prototype_labels"] = self.prototype_labels
@@ -163,6 +171,15 @@ class Head:
                 or prototype_labels.max(initial=0) >= len(labels):
             raise ValueError("prototype_labels do not match the prototypes and labels")
         return prototypes, prototype_labels.astype(np.int32)
+
+
+def centred(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Embeddings minus the training mean, back on the unit sphere. MiniLM's vectors share a large common
+    component, so their cosines crowd together; without it the neighbour vote and the topic-line similarities
+    tell routes apart better (routing dev set, held-out source families: macro-F1 0.864 -> 0.874, fallback
+    recall 0.80 -> 0.84)."""
+    X = X - center
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def temper(p: np.ndarray, t: float) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -135,6 +136,37 @@ def test_routers_saved_with_one_line_per_route_still_load(example_router, tmp_pa
     assert loaded.head.prototypes.shape == (2, enc.dim)
     assert sorted(r.labels[i] for i in loaded.head.prototype_labels) == ["code", "legal"]
     assert loaded.decide("Write a Python function that reverses a list").route in r.labels
+
+
+def test_head_centres_embeddings_on_the_training_mean_and_keeps_the_mean(example_router, tmp_path):
+    from classifier.head import centred
+
+    r = EmbeddingRouter.load(example_router)
+    center = r.head.center
+    assert center is not None and center.shape == (r.encoder.dim,) and np.linalg.norm(center) > 0.1
+    # the stored memory is the centred training set: unit rows whose mean is (close to) zero
+    mem = r.head.memory.astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(mem, axis=1), 1.0, atol=1e-2)
+    raw = r.encoder.encode(["Draft a non-compete clause", "Solve for x", "tell me about your day", "fever and cough"])
+    assert np.linalg.norm(mem.mean(axis=0)) < 0.5 * np.linalg.norm(raw.mean(axis=0))
+    # the same head without its centre scores differently: the centre is used at decision time
+    X = r.encoder.encode(["Draft a non-compete clause", "tell me about your day"])
+    plain = dataclasses.replace(r.head, center=None)
+    assert not np.allclose(r.head.raw_proba(X), plain.raw_proba(centred(X, np.zeros_like(center))))
+    np.testing.assert_allclose(r.head.raw_proba(X), plain.raw_proba(centred(X, center)), atol=1e-5)
+    # a router saved before centring (no `center` array) still loads and decides on raw embeddings
+    copy = tmp_path / "old"
+    shutil.copytree(example_router, copy)
+    with np.load(copy / "head.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "center"}
+    np.savez(copy / "head.npz", **arrays)
+    old = EmbeddingRouter.load(copy)
+    assert old.head.center is None and old.decide("tell me about your day").route in r.labels
+    # a centre of the wrong size is refused with a one-line error
+    arrays["center"] = np.zeros(3, np.float32)
+    np.savez(copy / "head.npz", **arrays)
+    with pytest.raises(InputError, match="head arrays do not match"):
+        EmbeddingRouter.load(copy)
 
 
 def test_default_training_uses_builtin_topics_and_user_lines_replace_them(tmp_path):

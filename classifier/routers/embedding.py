@@ -24,9 +24,9 @@ from classifier.topics import as_lines, resolve_topics
 
 FORMAT_VERSION = 1
 #: bumped whenever training changes what a router learns from the same data (2: per-source weighting, 3: topic
-#: lists per route, built-in ones for the standard routes), so caches
+#: lists per route, built-in ones for the standard routes; 4: embeddings centred on the training mean), so caches
 #: keyed by the data's hash can tell an older router from a current one
-RECIPE = 3
+RECIPE = 4
 ROUTER_FILE, HEAD_FILE = "router.json", "head.npz"
 
 
@@ -205,11 +205,14 @@ class EmbeddingRouter(Router):
                 arrays = {k: z[k] for k in ("weight", "bias", "memory", "memory_labels")}
                 arrays["prototypes"], arrays["prototype_labels"] = Head.topics_from_arrays(
                     labels, *(z[k] if k in z.files else None for k in ("prototypes", "prototype_labels")))
+                arrays["center"] = z["center"] if "center" in z.files else None  # None: saved before centring
         except Exception as exc:  # corrupted zip, missing array, pickled content
             raise InputError(f"{head_path}: unreadable head arrays ({type(exc).__name__}: {exc})") from None
         protos = arrays["prototypes"]
+        center = arrays["center"]
         if arrays["weight"].shape[0] != len(labels) or fallback not in labels or (
-                protos is not None and protos.shape[1] != arrays["weight"].shape[1]):
+                protos is not None and protos.shape[1] != arrays["weight"].shape[1]) or (
+                center is not None and center.shape != (arrays["weight"].shape[1],)):
             raise InputError(f"{path}: head arrays do not match the labels in {ROUTER_FILE}")
         encoder = encoder or build_encoder(ident.get("backend", ""), encoder_model)
         mine = encoder.identity()
