@@ -54,7 +54,7 @@ def overhead(
 @exit_on_input_error
 def forgetting(
     quick: Annotated[bool, typer.Option("--quick", help="4 items per column, cached/committed adapters only (~10 min).")] = False,
-    items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 8: about 40 min of scoring here; quick 4).")] = None,
+    items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 8: ~40 min of scoring here; quick 4).")] = None,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Audit's max general NLL loss.")] = 0.05,
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default benchmarks/results, quick: .../quick).")] = None,
     tasks: Annotated[bool, typer.Option("--tasks/--no-tasks", help=(

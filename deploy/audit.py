@@ -23,7 +23,9 @@ from gateway.routing_table import SURE_MIN, RoutingTable
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
 #: default expected relative NLL loss a sure-only adapter may cost any general set (see deploy/sure_thresholds.py)
 SURE_COST = 0.005
-#: significance a model needs to take a route from its default (sign test over the route's eval items)
+#: significance a model needs to take a route from its default (sign test over the route's eval items), for the
+#: table as a whole: each route is one more chance for a lucky challenger, so a single route's test uses
+#: SWITCH_P / (routes a switch could happen on) (Bonferroni)
 SWITCH_P = 0.1
 
 
@@ -99,19 +101,29 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
 
     Given per-item NLLs (`item_nlls`: model -> column -> per-token NLL of each item), a model other than the
     route's default takes the route only if it is also better on significantly many items (one-sided sign test,
-    p <= SWITCH_P): choosing the best of several models on a few items favours whichever was lucky on them."""
+    p <= SWITCH_P / the number of routes with a challenger, so that the whole table has at most a SWITCH_P chance
+    of a switch made on noise): choosing the best of several models on a few items favours whichever was lucky
+    on them, and with six routes tested at p <= 0.1 each, the chance that some route switches on noise
+    is up to 1 - 0.9^6, about 47 %."""
     report = forgetting_report(matrix, base, adapters, general_cols, limit)
     flagged = [a for a in adapters if report[a]["flagged"]]
     usable = [base] + [a for a in adapters if a not in flagged]
     table = RoutingTable(flagged=flagged, sure_min=sure_min if sure_min is not None else SURE_MIN)
-    for r in routes:
+
+    def route_cols(r: str) -> list[str]:
         cols = [c for c in general_cols if c in matrix[base]] if r == fallback else [r]
-        if cols and all(c in matrix[base] for c in cols):
+        return cols if cols and all(c in matrix[base] for c in cols) else []
+
+    contested = sum(1 for r in routes if route_cols(r)) if len(usable) > 1 else 0
+    p_max = SWITCH_P / max(contested, 1)
+    for r in routes:
+        cols = route_cols(r)
+        if cols:
             gain = {m: -sum(relative(matrix[m][c], matrix[base][c]) for c in cols) / len(cols) for m in [base, *adapters]}
             best = max(usable, key=lambda m: gain[m])
             default = r if r in usable and gain[r] > 0 else base
             switch = gain[best] - gain[default] > switch_margin and (
-                item_nlls is None or wins_consistently(item_nlls, best, default, cols))
+                item_nlls is None or wins_consistently(item_nlls, best, default, cols, p_max))
             table.routes[r] = best if switch else default
             table.quality[r] = {m: round(g, 6) for m, g in gain.items()}
             if sure_min is not None and r != fallback and r in flagged and table.routes[r] == base \

@@ -176,6 +176,28 @@ def test_another_model_takes_a_route_only_when_it_wins_on_most_items():
     assert table.routes["legal"] == "finance"
 
 
+def test_the_sign_test_level_is_shared_by_the_routes_of_the_table():
+    """SWITCH_P holds for the whole table: with three contested routes a single route's test needs p <= 0.1 / 3."""
+    m = {"base": {"legal": 2.0, "finance": 2.0, "general": 2.0},
+         "legal": {"legal": 2.1, "finance": 2.0, "general": 2.0},
+         "finance": {"legal": 1.8, "finance": 1.5, "general": 2.0}}
+    items = {"base": {"legal": [2.0] * 8}, "legal": {"legal": [2.1] * 8},
+             "finance": {"legal": [1.75] * 7 + [2.15]}}  # better on 7 of 8 legal items: one-sided p = 0.035
+    for m_ in items.values():
+        m_.update({"finance": [1.5] * 8, "general": [2.0] * 8})
+    three, _ = build_table(m, "base", ["legal", "finance"], ["legal", "finance", "general"], ["general"], 0.05,
+                           fallback="general", item_nlls=items)
+    assert three.routes["legal"] == "base"  # 0.035 > 0.1 / 3
+    one, _ = build_table(m, "base", ["legal", "finance"], ["legal"], ["general"], 0.05, fallback="general",
+                         item_nlls=items)
+    assert one.routes["legal"] == "finance"  # the only contested route: 0.035 <= 0.1
+    # better on all 8 (p = 0.004) clears the shared level too
+    items["finance"]["legal"] = [1.8] * 8
+    three, _ = build_table(m, "base", ["legal", "finance"], ["legal", "finance", "general"], ["general"], 0.05,
+                           fallback="general", item_nlls=items)
+    assert three.routes["legal"] == "finance"
+
+
 def test_candidate_judgement():
     m = {"base": {"math": 1.0, "general": 2.0}, "inc": {"math": 0.9, "general": 2.0},
          "good": {"math": 0.8, "general": 2.02}, "forgets": {"math": 0.7, "general": 2.5}, "weak": {"math": 0.95, "general": 2.0}}
