@@ -24,9 +24,10 @@ from classifier.topics import as_lines, resolve_topics
 
 FORMAT_VERSION = 1
 #: bumped whenever training changes what a router learns from the same data (2: per-source weighting, 3: topic
-#: lists per route, built-in ones for the standard routes; 4: embeddings centred on the training mean), so caches
-#: keyed by the data's hash can tell an older router from a current one
-RECIPE = 4
+#: lists per route, built-in ones for the standard routes; 4: embeddings centred on the training mean; 5: four
+#: more built-in topic lines for the fallback route), so caches keyed by the data's hash can tell an older router
+#: from a current one
+RECIPE = 5
 ROUTER_FILE, HEAD_FILE = "router.json", "head.npz"
 
 
