@@ -18,18 +18,26 @@ def routing(
     data: Annotated[Optional[list[Path]], typer.Option("--data", help="Labelled JSONL (repeatable). Default: ../shared/data/routing/dev.jsonl")] = None,
     fallback: Annotated[str, typer.Option("--fallback")] = "general",
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory.")] = None,
+    outside: Annotated[Optional[Path], typer.Option(
+        "--outside", help="Adapter-format data directory (<route>/train.jsonl, eval.jsonl, chat.jsonl): its prompts "
+        "from sources the routing data lacks are a second test set. Default with the default --data: "
+        "../shared/data/adapters when present.")] = None,
 ):
     """Routers compared on held-out source families: accuracy, macro-F1, fallback P/R, ECE, latency."""
-    from benchmarks.routing import DEV, RESULTS, run
+    from benchmarks.routing import ADAPTER_DATA, DEV, RESULTS, run
 
     files = data or [DEV]
     for f in files:
         if not f.is_file():
             raise InputError(f"{f}: no such file")
-    report = run(files, fallback, out or RESULTS)
+    if outside is None and data is None and ADAPTER_DATA.is_dir():
+        outside = ADAPTER_DATA
+    report = run(files, fallback, out or RESULTS, outside=outside)
     for name, m in report["methods"].items():
         typer.echo(f"{name:24s} macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  "
                    f"fallback P/R {m['fallback_precision']:.2f}/{m['fallback_recall']:.2f}  p50 {m['p50_ms']:.2f} ms")
+    for name, m in report.get("outside", {}).get("methods", {}).items():
+        typer.echo(f"{name:24s} outside sources: {m['accuracy']:.3f} correct (mean over sources {m['mean_over_sources']:.3f})")
     typer.echo(f"wrote {(out or RESULTS) / 'routing.md'}")
 
 

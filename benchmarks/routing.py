@@ -15,13 +15,39 @@ import numpy as np
 from rich.progress import Progress
 
 from benchmarks.routing_methods import METHODS
+from benchmarks.routing_outside import load_outside, topic_key
 from classifier.data import Examples, load_examples, source_family
 from classifier.encoders import DEFAULT_BACKEND, build_encoder
 from classifier.errors import InputError
 from classifier.metrics import routing_metrics
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
 DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing" / "dev.jsonl"
+ADAPTER_DATA = DEV.parent.parent / "adapters"
+
+
+def machine() -> str:
+    """The CPU the speed figures were taken on: int8 encoders run much faster with AVX-512 (VNNI) than with AVX2
+    alone, and the int8 kernels differ slightly in their results too."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags else \
+        "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{model}, {os.cpu_count()} cores, {simd}"
+
+
+def shown(path: Path) -> str:
+    """A data path as the report shows it: relative to the repository when it lies beside or inside it."""
+    rel = os.path.relpath(Path(path).resolve(), REPO)
+    return rel if not rel.startswith("../..") else str(path)
 
 
 def _subset(ex: Examples, idx) -> Examples:
@@ -63,12 +89,35 @@ def coverage_curve(correct: np.ndarray, conf: np.ndarray, points: int = 20) -> l
     return out
 
 
-def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, latency_n: int = 200) -> dict:
+def outside_results(full: dict, encoder, ex: Examples, fallback: str) -> dict:
+    """Every method, trained on all of the routing data, on the outside prompts: accuracy per source topic."""
+    X = encoder.encode(ex.texts, progress=True)
+    groups = np.array([topic_key(s) for s in ex.sources], dtype=object)
+    names = sorted(set(groups), key=lambda g: (ex.labels[list(groups).index(g)], g))
+    truth = np.array(ex.labels, dtype=object)
+    out = {"examples": len(ex),
+           "groups": {g: {"route": ex.labels[list(groups).index(g)], "n": int((groups == g).sum())} for g in names},
+           "methods": {}}
+    for name, m in full.items():
+        routes, _ = m.decide(X)
+        correct = np.array([r if r is not None else fallback for r in routes], dtype=object) == truth
+        per = {g: float(correct[groups == g].mean()) for g in names}
+        out["methods"][name] = {"accuracy": float(correct.mean()), "mean_over_sources": float(np.mean(list(per.values()))),
+                                "per_source": per}
+    return out
+
+
+def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, latency_n: int = 200,
+        outside: Path | None = None) -> dict:
     ex = load_examples(data[0])
     for extra in data[1:]:
         more = load_examples(extra)
         ex = Examples(ex.texts + more.texts, ex.labels + more.labels, ex.sources + more.sources, ex.sha256 + more.sha256)
     labels = ex.label_set
+    outside_ex = None if outside is None else load_outside(outside, ex.sources)
+    if outside_ex is not None and (unknown := sorted(set(outside_ex.labels) - set(labels))):
+        raise InputError(f"{outside}: route directories {', '.join(unknown)} are not routes of the routing data "
+                         f"({', '.join(labels)})")
     encoder = build_encoder(DEFAULT_BACKEND)
     X = encoder.encode(ex.texts, progress=True)
     families = np.array([source_family(s) or "unknown" for s in ex.sources])
@@ -112,6 +161,7 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         s = time.perf_counter()
         encoder.encode_one(t)
         enc_ms.append((time.perf_counter() - s) * 1000)
+    outside_report = None if outside_ex is None else {"dir": shown(outside), **outside_results(full, encoder, outside_ex, fallback)}
     peers = run_peers(X, ex, families, fallback)
     for name, d in peers.items():
         y_pred = [p if p is not None else fallback for p in d["pred"]]
@@ -128,7 +178,9 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
     speed = measure(full["forgetless"].r, n=latency_n)
     report = {
         "speed": speed,
-        "command": "forgetless bench routing " + " ".join(f"--data {d}" for d in data),
+        "command": "forgetless bench routing " + " ".join(f"--data {shown(d)}" for d in data)
+        + (f" --outside {shown(outside)}" if outside is not None else ""),
+        "machine": machine(),
         "validation": f"leave-one-source-family-out over {len(fams)} families",
         "encoder": encoder.identity(),
         "examples": len(ex),
@@ -138,6 +190,8 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         "methods": {k: {key: v[key] for key in ("accuracy", "macro_f1", "fallback_precision", "fallback_recall", "ece", "p50_ms", "p99_ms")}
                     | {"per_label_f1": {lab: v["per_label"][lab]["f1"] for lab in labels}} for k, v in results.items()},
     }
+    if outside_report is not None:
+        report["outside"] = outside_report
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "routing.json").write_text(json.dumps(report, indent=2) + "\n")
     _plots(results, labels, out_dir)
@@ -189,6 +243,7 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
         f"Validation: {report['validation']} ({report['examples']} prompts); every method sees the same folds and the "
         f"same embeddings ({report['encoder']['backend']} {report['encoder']['model']}).  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "  ",
+        f"Machine: {report.get('machine', 'not recorded')}  ",
         "semantic-router: an `IndexedRouter` (local index, top-5 mean) holding the training texts as utterances, on the "
         "same vectors; its Platt calibrator and confidence threshold are fitted on training source families that are not "
         "indexed (per route, its smallest family; a route with one family holds out every fourth row). `+general-route` "
@@ -202,6 +257,19 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
     lines += ["", "Per-route F1:", "", "| method | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for name, m in report["methods"].items():
         lines.append(f"| {name} | " + " | ".join(f"{m['per_label_f1'][lab]:.3f}" for lab in labels) + " |")
+    if out := report.get("outside"):
+        groups = list(out["groups"])
+        lines += ["", "## Prompts from sources the routing data does not have", "",
+                  f"Every method above but semantic-router, trained on all {report['examples']} prompts, on "
+                  f"{out['examples']} prompts of `{out['dir']}` (the adapter data) whose dataset, or subject within "
+                  "MMLU and LegalBench, the routing data lacks (benchmarks/routing_outside.py). Share routed to the "
+                  "source's route:", "",
+                  "| method | " + " | ".join(f"{g} → {out['groups'][g]['route']} (n={out['groups'][g]['n']})" for g in groups)
+                  + " | all | mean over sources |",
+                  "|---" * (len(groups) + 3) + "|"]
+        for name, m in out["methods"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{m['per_source'][g]:.3f}" for g in groups)
+                         + f" | {m['accuracy']:.3f} | {m['mean_over_sources']:.3f} |")
     sp = report["speed"]
     lines += ["", f"## Decision speed of the forgetless router ({sp['encoder']}, cache bypassed)", "",
               "Same run, same machine; the baseline is plain sentence-transformers `encode` of the same short prompt.", "",

@@ -7,10 +7,41 @@ import json
 from conftest import EXAMPLES, run_cli
 
 
+def _chat(user: str, source: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "ok"}],
+                       "source": source})
+
+
+def _outside_dir(root):
+    """Adapter-format data: two new sources, one source the routing data has (`forgetless/...`), one MMLU subject."""
+    (root / "medical").mkdir(parents=True)
+    (root / "general").mkdir()
+    (root / "medical" / "train.jsonl").write_text("\n".join([
+        _chat("Which vitamin deficiency causes scurvy?", "mmlu/nutrition"),
+        _chat("How do vaccines train the immune system to fight a virus?", "mmlu/virology"),
+        _chat("What is the first-line treatment for high blood pressure?", "forgetless/question")]) + "\n")
+    (root / "general" / "chat.jsonl").write_text("\n".join([
+        _chat("What is a good name for a golden retriever puppy?", "dolly15k/open_qa"),
+        _chat("Tell me something fun to do on a rainy Sunday.", "dolly15k/brainstorming")]) + "\n")
+    (root / "general" / "text.jsonl").write_text('{"text": "Prose, not prompts.", "source": "wikitext2/test"}\n')
+    return root
+
+
 def test_bench_routing_writes_report_json_and_plots(tmp_path):
-    r = run_cli("bench", "routing", "--data", EXAMPLES, "--out", tmp_path)
+    outside = _outside_dir(tmp_path / "adapters")
+    r = run_cli("bench", "routing", "--data", EXAMPLES, "--outside", outside, "--out", tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "routing.json").read_text())
+    # the outside set: the routing data's own source and the prose file are left out; MMLU subjects count apart
+    out = doc["outside"]
+    assert out["examples"] == 4 and out["groups"] == {
+        "mmlu/nutrition": {"route": "medical", "n": 1}, "mmlu/virology": {"route": "medical", "n": 1},
+        "dolly15k": {"route": "general", "n": 2}}
+    assert {"forgetless", "knn-5", "logistic-regression"} <= set(out["methods"])
+    for m in out["methods"].values():
+        assert set(m["per_source"]) == set(out["groups"]) and 0 <= m["accuracy"] <= 1
+        assert abs(m["accuracy"] - (m["per_source"]["mmlu/nutrition"] + m["per_source"]["mmlu/virology"]
+                                    + 2 * m["per_source"]["dolly15k"]) / 4) < 1e-9
     assert {"forgetless", "logistic-regression", "knn-5", "zero-shot-descriptions",
             "semantic-router", "semantic-router+general-route"} <= set(doc["methods"])  # the peer venv is part of `make test`
     for m in doc["methods"].values():
@@ -18,6 +49,7 @@ def test_bench_routing_writes_report_json_and_plots(tmp_path):
             assert 0 <= m[key] and (key.endswith("_ms") or m[key] <= 1)
     md = (tmp_path / "routing.md").read_text()
     assert "forgetless bench routing" in md and "| forgetless |" in md
+    assert "## Prompts from sources the routing data does not have" in md and "dolly15k → general (n=2)" in md
     for png in ("routing_confusion.png", "routing_coverage.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -25,6 +57,22 @@ def test_bench_routing_writes_report_json_and_plots(tmp_path):
 def test_bench_routing_bad_file(tmp_path):
     r = run_cli("bench", "routing", "--data", tmp_path / "missing.jsonl", "--out", tmp_path)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_routing_bad_outside_data(tmp_path):
+    """Broken outside data fails at once, in one line naming the file and line, before any training."""
+    outside = _outside_dir(tmp_path / "adapters")
+    chat = outside / "general" / "chat.jsonl"
+    chat.write_text(chat.read_text() + '{"messages": [{"role": "assistant", "content": "hi"}], "source": "oasst1/x"}\n')
+    r = run_cli("bench", "routing", "--data", EXAMPLES, "--outside", outside, "--out", tmp_path)
+    assert r.returncode == 2 and f"{chat}:3: no user message" in r.stderr and "Traceback" not in r.stderr
+    (outside / "poetry").mkdir()
+    (outside / "poetry" / "eval.jsonl").write_text(_chat("Write a sonnet.", "poems/x") + "\n")
+    chat.write_text("\n".join(chat.read_text().splitlines()[:2]) + "\n")
+    r = run_cli("bench", "routing", "--data", EXAMPLES, "--outside", outside, "--out", tmp_path)
+    assert r.returncode == 2 and "route directories poetry are not routes" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("bench", "routing", "--data", EXAMPLES, "--outside", tmp_path / "nowhere", "--out", tmp_path)
+    assert r.returncode == 2 and "nowhere: no such directory" in r.stderr
 
 
 def test_bench_overhead_small_run(tmp_path):
