@@ -250,6 +250,14 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     return doc
 
 
+def scorer_id(scorer: str) -> str:
+    """What computes a regime's scores, for the score cache: vLLM's dtype is part of it (bfloat16 and float32
+    scores differ, and `vllm.dtype: auto` picks by CPU)."""
+    from deploy.vllm_server import cpu_dtype
+
+    return f"vllm:{cpu_dtype()}" if scorer == "vllm" else scorer
+
+
 def cached_scores(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],
                   checkable: list, rescore: bool = False, log=print) -> tuple[dict[str, tuple[dict, dict, dict]], list[str]]:
     """score_all's result, per regime from the score cache when everything it depends on is unchanged; and the
@@ -257,7 +265,7 @@ def cached_scores(regimes: list[Regime], base_dir: Path, report_items: list[Eval
     from benchmarks import score_cache
 
     rows = [[it.column, it.row] for it in report_items] + [["audit", it.row] for it in audit_items]
-    keys = {rg.name: score_cache.regime_key(rg.recipe(), rg.scorer, base_dir,
+    keys = {rg.name: score_cache.regime_key(rg.recipe(), scorer_id(rg.scorer), base_dir,
                                             [rg.adapter_dir(n) for n in [*DOMAINS, "mixed"]], rows, checkable)
             for rg in regimes}
     out = {} if rescore else {rg.name: got for rg in regimes if (got := score_cache.load(rg.name, keys[rg.name]))}

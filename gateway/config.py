@@ -92,7 +92,8 @@ class VllmConfig(_Strict):
     url: str | None = None
     max_lora_rank: int = Field(16, ge=1, le=512)
     max_loras: int = Field(6, ge=1)
-    dtype: str = "bfloat16"
+    #: passed to vLLM's --dtype; `auto`: bfloat16 on CPUs with AVX-512, float32 on others (deploy/vllm_server.py)
+    dtype: str = "auto"
     max_model_len: int = Field(2048, ge=64)
     start_timeout: float = Field(300.0, gt=0)
     extra_args: list[str] = []

@@ -17,6 +17,12 @@ def _head(src, dst, n):
     dst.write_text("".join(src.read_text().splitlines(keepends=True)[:n]))
 
 
+def run_audit(*args):
+    """`forgetless audit ...`: scoring every model on every column through vLLM's prompt_logprobs is the slowest
+    thing the suite runs (over 10 minutes on an AVX2-only CPU in bfloat16), so it gets more time than other commands."""
+    return run_cli("audit", *args, timeout=1800)
+
+
 @pytest.fixture(scope="module")
 def bad_adapter(shared, tmp_path_factory, base_dir):
     """An adapter trained on finance questions paired with other questions' answers, hard enough to damage the base."""
@@ -59,7 +65,7 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
     try:
         r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "finance", "lora_path": str(bad)}, timeout=60)
         assert r.status_code == 200, r.text
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "12", "--task-items", "2",
+        r = run_audit("--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "12", "--task-items", "2",
                     "--out", tmp_path / "audit")
         assert r.returncode == 0, r.stderr[-3000:]
         doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
@@ -139,7 +145,7 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
                     assert want != "finance"
 
         # --sure-min P: one fixed threshold for every sure-only route, nothing fitted
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "4", "--task-items", "0",
+        r = run_audit("--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "4", "--task-items", "0",
                     "--sure-min", "0.95", "--out", tmp_path / "audit-fixed")
         assert r.returncode == 0, r.stderr[-3000:]
         fixed = json.loads((tmp_path / "audit-fixed" / "audit.json").read_text())
@@ -156,7 +162,7 @@ def test_audit_bad_input(tmp_path):
     cfg.write_text(yaml.safe_dump({"adapters": [{"name": "legal", "path": str(REPO / "deploy" / "adapters" / "legal")}],
                                    "router": {"path": str(tmp_path / "r")}, "vllm": {"url": "http://127.0.0.1:9"}}))
     (tmp_path / "eval" / "general").mkdir(parents=True)
-    r = run_cli("audit", "--config", cfg, "--eval", tmp_path / "eval", "--url", "http://127.0.0.1:9", "--out", tmp_path / "a")
+    r = run_audit("--config", cfg, "--eval", tmp_path / "eval", "--url", "http://127.0.0.1:9", "--out", tmp_path / "a")
     assert r.returncode == 2 and "missing legal/eval.jsonl" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "a").exists()  # nothing half-written
 
@@ -175,7 +181,7 @@ def test_audit_adapter_that_cannot_load(vllm, shared, tmp_path, example_router):
         if adapters[0]["name"] == "ghost":
             (evals / "ghost").mkdir(exist_ok=True)
             _head(shared / "adapters" / "legal" / "eval.jsonl", evals / "ghost" / "eval.jsonl", 3)
-        r = run_cli("audit", "--config", cfg, "--eval", evals, "--url", vllm.url, "--out", tmp_path / "a")
+        r = run_audit("--config", cfg, "--eval", evals, "--url", vllm.url, "--out", tmp_path / "a")
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert not (tmp_path / "a").exists()
 
@@ -208,7 +214,7 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
     try:
         # a broken finance adapter: rejected with the reason, unloaded again, table untouched
         before = table.read_text()
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
+        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
                     "--candidate", f"finance-v2={bad_adapter}", "--route", "finance", "--task-items", "0")
         assert r.returncode == 1, r.stdout + r.stderr[-2000:]
         assert "rejected 'finance-v2'" in r.stdout and ("forgets" in r.stdout or "does not beat" in r.stdout)
@@ -217,7 +223,7 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
         assert rejected["adopted"] is False and rejected["tasks"] == {}
 
         # the demo math adapter beats the base on math without forgetting: adopted and kept loaded
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
+        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
                     "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math", "--task-items", "2")
         assert r.returncode == 0, r.stdout + r.stderr[-2000:]
         report = json.loads((tmp_path / "a" / "candidate-math-v2.json").read_text())
@@ -247,7 +253,7 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
                 assert r.json()["model"] == "math-v2" == r.headers["x-forgetless-model"], selection
 
         # adopting the same name twice is refused in one line
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}")
+        r = run_audit("--config", cfg_path, "--eval", evals, "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}")
         assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr
     finally:
         for name in ("math-v2", "finance-v2"):
@@ -268,7 +274,7 @@ def test_candidate_bad_input(vllm, shared, tmp_path, example_router):
         (["--candidate", f"legal={REPO / 'deploy' / 'adapters' / 'math'}"], "already used"),
     ]
     for args, msg in cases:
-        r = run_cli("audit", "--config", cfg_path, "--eval", evals, "--out", tmp_path / "a", *args)
+        r = run_audit("--config", cfg_path, "--eval", evals, "--out", tmp_path / "a", *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr[-1500:])
         assert msg in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert table.read_text() == before and "x" not in _served(vllm)

