@@ -30,15 +30,15 @@ ADAPTER_DATA = DEV.parent.parent / "adapters"
 def machine() -> str:
     """The CPU the speed figures were taken on: int8 encoders run much faster with AVX-512 (VNNI) than with AVX2
     alone, and the int8 kernels differ slightly in their results too."""
-    model, flags = platform.processor() or platform.machine(), set()
+    from deploy.vllm_server import cpu_flags
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        info = ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = cpu_flags(info)
     simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags else \
         "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
     return f"{model}, {os.cpu_count()} cores, {simd}"

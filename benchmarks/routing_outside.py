@@ -31,17 +31,16 @@ def topic_key(source: str | None) -> str | None:
     return dataset
 
 
-def _user_turn(obj: dict, where: str) -> str:
-    msgs = obj.get("messages")
-    if not isinstance(msgs, list):
+def _prompt(obj: dict, where: str) -> str:
+    """What the router reads of a chat row (its last user message, as the audit and bench forgetting read it)."""
+    from deploy.sure_thresholds import routing_text
+
+    if not isinstance(obj.get("messages"), list):
         raise InputError(f"{where}: expected a 'messages' list")
-    for m in msgs:
-        if isinstance(m, dict) and m.get("role") == "user":
-            text = m.get("content")
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"{where}: the user message's 'content' must be non-blank text")
-            return text
-    raise InputError(f"{where}: no user message")
+    text = routing_text(obj)
+    if not text.strip():
+        raise InputError(f"{where}: no user message with text")
+    return text
 
 
 def load_outside(root: Path, known_sources: list[str | None]) -> Examples:
@@ -63,7 +62,7 @@ def load_outside(root: Path, known_sources: list[str | None]) -> Examples:
                     raise InputError(f"{where}: missing or blank field 'source'")
                 if topic_key(source) in known:
                     continue
-                texts.append(_user_turn(obj, where))
+                texts.append(_prompt(obj, where))
                 labels.append(route_dir.name)
                 sources.append(source)
     if not texts:

