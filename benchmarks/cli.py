@@ -61,7 +61,7 @@ def overhead(
 @app.command()
 @exit_on_input_error
 def forgetting(
-    quick: Annotated[bool, typer.Option("--quick", help="4 items per column, cached/committed adapters only (~10 min).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="4 items per column, 1 answered greedily, cached/committed adapters only.")] = False,
     items: Annotated[Optional[int], typer.Option("--items", min=1, help="Reported items per column (default 8: ~40 min of scoring here; quick 4).")] = None,
     forgetting_limit: Annotated[float, typer.Option("--forgetting-limit", min=0.0, help="Audit's max general NLL loss.")] = 0.05,
     out: Annotated[Optional[Path], typer.Option("--out", help="Results directory (default benchmarks/results, quick: .../quick).")] = None,

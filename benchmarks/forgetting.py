@@ -210,8 +210,8 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     decisions = [router.decide(it.text) for it in report_items]
     probe = general_probe(shared, report_items, router)
 
-    # greedy generation is the slow part on CPU: --quick answers at most 2 checkable items per column
-    checkable = checkable_items(report_items, (2 if quick else None) if tasks else 0)
+    # greedy generation is the slow part on CPU: --quick answers at most 1 checkable item per column
+    checkable = checkable_items(report_items, (1 if quick else None) if tasks else 0)
     scores, from_cache = cached_scores(run_regimes, base_dir, report_items, audit_items, checkable, rescore, log)
     doc = {"metric": "nll", "columns": COLUMNS, "rows": ["base", *(f"adapter:{d}" for d in DOMAINS), "mixed", *ROUTED_ROWS],
            "items_per_column": n_report, "audit_items_per_column": n_audit, "forgetting_limit": forgetting_limit,

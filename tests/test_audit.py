@@ -46,9 +46,9 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
 
     evals = tmp_path / "eval"
     for d in ("legal", "finance"):
-        _head(shared / "adapters" / d / "eval.jsonl", evals / d / "eval.jsonl", 12)
-    _head(shared / "adapters" / "general" / "eval.jsonl", evals / "general" / "eval.jsonl", 12)
-    _head(shared / "adapters" / "general" / "chat.jsonl", evals / "general" / "chat.jsonl", 6)
+        _head(shared / "adapters" / d / "eval.jsonl", evals / d / "eval.jsonl", 6)
+    _head(shared / "adapters" / "general" / "eval.jsonl", evals / "general" / "eval.jsonl", 6)
+    _head(shared / "adapters" / "general" / "chat.jsonl", evals / "general" / "chat.jsonl", 3)
 
     table = tmp_path / "table.json"
     cfg_path = tmp_path / "routes.yaml"
@@ -65,7 +65,7 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
     try:
         r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "finance", "lora_path": str(bad)}, timeout=60)
         assert r.status_code == 200, r.text
-        r = run_audit("--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "12", "--task-items", "2",
+        r = run_audit("--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "6", "--task-items", "2",
                     "--out", tmp_path / "audit")
         assert r.returncode == 0, r.stderr[-3000:]
         doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
@@ -189,9 +189,9 @@ def test_audit_adapter_that_cannot_load(vllm, shared, tmp_path, example_router):
 def _candidate_setup(tmp_path, shared, example_router, vllm):
     evals = tmp_path / "eval"
     for d in ("math", "finance"):
-        _head(shared / "adapters" / d / "eval.jsonl", evals / d / "eval.jsonl", 10)
-    _head(shared / "adapters" / "general" / "eval.jsonl", evals / "general" / "eval.jsonl", 10)
-    _head(shared / "adapters" / "general" / "chat.jsonl", evals / "general" / "chat.jsonl", 5)
+        _head(shared / "adapters" / d / "eval.jsonl", evals / d / "eval.jsonl", 5)
+    _head(shared / "adapters" / "general" / "eval.jsonl", evals / "general" / "eval.jsonl", 5)
+    _head(shared / "adapters" / "general" / "chat.jsonl", evals / "general" / "chat.jsonl", 3)
     table = tmp_path / "table.json"
     table.write_text(json.dumps({"routes": {"legal": "legal", "general": "smollm2"}}))
     cfg_path = tmp_path / "routes.yaml"
@@ -214,7 +214,7 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
     try:
         # a broken finance adapter: rejected with the reason, unloaded again, table untouched
         before = table.read_text()
-        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
+        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "5", "--out", tmp_path / "a",
                     "--candidate", f"finance-v2={bad_adapter}", "--route", "finance", "--task-items", "0")
         assert r.returncode == 1, r.stdout + r.stderr[-2000:]
         assert "rejected 'finance-v2'" in r.stdout and ("forgets" in r.stdout or "does not beat" in r.stdout)
@@ -223,12 +223,12 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
         assert rejected["adopted"] is False and rejected["tasks"] == {}
 
         # the demo math adapter beats the base on math without forgetting: adopted and kept loaded
-        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "10", "--out", tmp_path / "a",
-                    "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math", "--task-items", "2")
+        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "5", "--out", tmp_path / "a",
+                    "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math", "--task-items", "1")
         assert r.returncode == 0, r.stdout + r.stderr[-2000:]
         report = json.loads((tmp_path / "a" / "candidate-math-v2.json").read_text())
         assert set(report["tasks"]) == {"smollm2", report["incumbent"], "math-v2"}  # base, incumbent, candidate
-        assert all(t["math"]["metric"] == "exact_match" and t["math"]["n"] == 2 and 0 <= t["math"]["score"] <= 1
+        assert all(t["math"]["metric"] == "exact_match" and t["math"]["n"] == 1 and 0 <= t["math"]["score"] <= 1
                    for t in report["tasks"].values())
         assert "adopted 'math-v2' for route 'math'" in r.stdout and "math-v2" in _served(vllm)
         doc = json.loads(table.read_text())

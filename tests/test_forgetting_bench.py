@@ -90,13 +90,13 @@ def test_flagged_adapters_serve_only_sure_prompts():
 
 
 def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
-    """The real benchmark, small: committed light-regime adapters, a second vLLM, 3 items per column."""
-    r = run_cli("bench", "forgetting", "--quick", "--items", "3", "--out", tmp_path, "--rescore", timeout=1500)
+    """The real benchmark, small: committed light-regime adapters, a second vLLM, 2 items per column."""
+    r = run_cli("bench", "forgetting", "--quick", "--items", "2", "--out", tmp_path, "--rescore", timeout=1500)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     doc = json.loads((tmp_path / "forgetting.json").read_text())
     assert doc["scores_from_cache"] == []  # --rescore: every item scored on vLLM in this run
     assert doc["metric"] == "nll" and doc["columns"] == COLUMNS
-    assert doc["command"] == "forgetless bench forgetting --quick --items 3"  # the report says how to reproduce it
+    assert doc["command"] == "forgetless bench forgetting --quick --items 2"  # the report says how to reproduce it
     light = doc["regimes"]["light"]["matrix"]
     assert set(light) == {"base", *(f"adapter:{d}" for d in DOMAINS), "mixed", "routed", "routed_expected", "routed_ungated", "oracle"}
     assert doc["matrix"] == (doc["regimes"].get("aggressive") or doc["regimes"]["light"])["matrix"]
@@ -112,6 +112,7 @@ def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
     tasks = doc["regimes"]["light"]["tasks"]
     assert set(tasks) == set(light) and set(tasks["base"]) == {c for c in doc["task_items"] if not c.startswith("_")}
     assert {"math", "code"} <= set(tasks["base"]) and doc["task_items"]["code"]["metric"] == "pass@1"
+    assert all(v["n"] == 1 for c, v in doc["task_items"].items() if not c.startswith("_"))  # --quick: one per column
     for row in tasks.values():
         assert all(0.0 <= v <= 1.0 for v in row.values())
     assert tasks["oracle"]["math"] == tasks["adapter:math"]["math"] and tasks["oracle"]["code"] == tasks["adapter:code"]["code"]
@@ -122,7 +123,7 @@ def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     # the same run again reuses the per-item scores: same matrices, no scoring
     again = tmp_path / "again"
-    r = run_cli("bench", "forgetting", "--quick", "--items", "3", "--out", again, timeout=600)
+    r = run_cli("bench", "forgetting", "--quick", "--items", "2", "--out", again, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     doc2 = json.loads((again / "forgetting.json").read_text())
     assert doc2["scores_from_cache"] == sorted(doc["regimes"]) and "from the cache" in r.stdout + r.stderr
