@@ -83,6 +83,9 @@ class GatewayConfig(_Strict):
     body_timeout: float = Field(30.0, gt=0)
     log_content: bool = False
     max_connections: int = Field(256, ge=1)
+    #: send requests that compute prompt logprobs to vLLM alone: batched with others they crash vLLM's engine when
+    #: LoRA is enabled (gateway/upstream_gate.py)
+    exclusive_prompt_logprobs: bool = True
 
 
 class VllmConfig(_Strict):

@@ -26,6 +26,8 @@ class Metrics:
         self.upstream_s = Histogram("forgetless_upstream_latency_seconds", "Upstream response time", ["route"], buckets=_S_BUCKETS, registry=r)
         self.ttft_s = Histogram("forgetless_time_to_first_token_seconds", "Time to first streamed chunk", ["route"], buckets=_S_BUCKETS, registry=r)
         self.tokens = Counter("forgetless_tokens_total", "Tokens reported by the upstream", ["route", "kind"], registry=r)
+        self.exclusive = Counter("forgetless_exclusive_requests_total",
+                                 "Requests sent to the upstream alone (they compute prompt logprobs)", registry=r)
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,9 +12,11 @@ import uuid
 import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from gateway.errors import error_body, error_response
 from gateway.state import GatewayState, Target
+from gateway.upstream_gate import computes_prompt_logprobs
 
 log = logging.getLogger("forgetless.gateway")
 _HOP = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive", "server", "date"}
@@ -51,6 +53,26 @@ class Proxy:
     async def __call__(self, request: Request, body: dict, target: Target, routing_text: str) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         started = time.perf_counter()
+        exclusive = self.state.cfg.gateway.exclusive_prompt_logprobs and computes_prompt_logprobs(body)
+        try:
+            release = await self.state.gate.enter(exclusive, self.state.cfg.gateway.timeouts.first_token)
+        except asyncio.TimeoutError:
+            why = ("the upstream did not become free for a request that computes prompt logprobs (sent alone)" if exclusive
+                   else "waited too long behind a request that computes prompt logprobs")
+            return self._fail(request, target, request_id, started, 503, why, "upstream_busy", routing_text, retry_after=True)
+        if exclusive:
+            self.state.metrics.exclusive.inc()
+        streaming = False
+        try:
+            resp = await self._forward(request, body, target, routing_text, request_id, started, release)
+            streaming = isinstance(resp, StreamingResponse)
+            return resp
+        finally:
+            if not streaming:  # a relayed stream releases its hold when it ends
+                await release()
+
+    async def _forward(self, request: Request, body: dict, target: Target, routing_text: str, request_id: str,
+                       started: float, release) -> Response:
         stream = bool(body.get("stream"))
         attempts = [target.model] if target.model == self.state.base else [target.model, self.state.base]
         last: tuple[int, bytes] | None = None
@@ -73,7 +95,7 @@ class Proxy:
             detail = b"" if resp.status_code < 400 else await self._peek(resp, stream)
             if resp.status_code < 400 or not _retryable(resp.status_code, detail):
                 if stream and resp.status_code == 200:
-                    return self._relay(request, resp, target, request_id, started, routing_text)
+                    return self._relay(request, resp, target, request_id, started, routing_text, release)
                 return await self._finish(request, resp, target, request_id, started, stream, routing_text)
             last = (resp.status_code, detail)
             if stream:
@@ -143,7 +165,7 @@ class Proxy:
         headers.update(result_headers(target, request_id))
         return Response(content, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
 
-    def _relay(self, request, resp: httpx.Response, target, request_id, started, routing_text) -> StreamingResponse:
+    def _relay(self, request, resp: httpx.Response, target, request_id, started, routing_text, release) -> StreamingResponse:
         state, route = self.state, target.route or target.model
         if target.fallback:
             state.metrics.fallbacks.labels(route, target.fallback).inc()
@@ -174,12 +196,15 @@ class Proxy:
                 yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
             finally:
                 await resp.aclose()  # on client disconnect too: closing the connection aborts the vLLM request
+                await release()
                 state.metrics.upstream_s.labels(route).observe(time.perf_counter() - started)
                 self._log(request, target, request_id, started, status, True, routing_text)
 
         headers = result_headers(target, request_id)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-        return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers)
+        # the body's `finally` releases the hold; the background task too, in case the body never starts
+        return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers,
+                                 background=BackgroundTask(release))
 
     def _usage_from_sse(self, route: str, chunk: bytes) -> None:
         for line in chunk.split(b"\n"):

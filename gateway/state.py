@@ -13,6 +13,7 @@ from classifier.routers.embedding import EmbeddingRouter
 from gateway.config import AdapterConfig, RoutesConfig, Secrets
 from gateway.observability import Metrics
 from gateway.routing_table import RoutingTable
+from gateway.upstream_gate import UpstreamGate
 
 
 @dataclass
@@ -38,6 +39,7 @@ class GatewayState:
             logging.getLogger("forgetless.gateway").warning(stale)
         self.client: httpx.AsyncClient | None = None
         self.reload_lock = asyncio.Lock()
+        self.gate = UpstreamGate()  # prompt-logprobs requests go to vLLM alone (gateway/upstream_gate.py)
         # one thread decides routes, one request after another: the encoder already uses both cores for one
         # text, and concurrent decisions contend (measured: 430 decisions/s from one thread, 170/s from four)
         self.router_pool = ThreadPoolExecutor(1, thread_name_prefix="router")

@@ -362,3 +362,41 @@ def test_sure_only_route_serves_sure_prompts_and_sends_the_rest_to_base(vllm, de
         state.table.sure_router = "0123456789abcdef"
         assert sure_only() == {"legal": {"model": "legal", "min_probability": 0.5}}
         assert "fitted for router 0123456789abcdef" in state.table.stale_for(state.router_fp)
+
+
+def test_prompt_logprobs_requests_do_not_crash_vllm(client, gateway, vllm):
+    """vLLM 0.32 with LoRA crashes its engine when a request that computes prompt logprobs is batched with another
+    (every later request fails); the gateway sends such requests alone, so a burst of them mixed with ordinary
+    requests is answered in full and vLLM stays up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def metric() -> float:
+        for line in httpx.get(f"{gateway.url}/metrics", timeout=10).text.splitlines():
+            if line.startswith("forgetless_exclusive_requests_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    before = metric()
+    msgs = [{"role": "user", "content": "Is a verbal agreement legally binding?"}]
+
+    def scored_chat(model):
+        r = client.chat.completions.create(model=model, messages=msgs, max_tokens=2, extra_body={"prompt_logprobs": 1})
+        return len(r.model_extra["prompt_logprobs"])
+
+    def echoed_completion(model):
+        r = client.completions.create(model=model, prompt="The capital of France is Paris.", echo=True, logprobs=1, max_tokens=1)
+        return len(r.choices[0].logprobs.tokens)
+
+    def ordinary(i):
+        r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"Say hello {i}."}], max_tokens=6)
+        return len(r.choices[0].message.content or "x")
+
+    calls = [(scored_chat, "legal"), (scored_chat, "smollm2"), (echoed_completion, "math"), (scored_chat, "auto"),
+             *[(ordinary, i) for i in range(6)]]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        results = list(pool.map(lambda c: c[0](c[1]), calls))
+    assert all(n > 0 for n in results), results  # prompt logprobs for every scored prompt token, answers for the rest
+    assert metric() - before == 4
+    assert httpx.get(f"{vllm.url}/health", timeout=10).status_code == 200
+    after = client.chat.completions.create(model="legal", messages=msgs, max_tokens=4)
+    assert after.choices[0].message.content
