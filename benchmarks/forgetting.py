@@ -332,7 +332,7 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
                 port=free_port(), max_lora_rank=max(rg.rank for rg in vllm_regimes), max_loras=1, max_model_len=2048,
                 extra_args=["--max-cpu-loras", str(len(adapters))]))
             log_path = Path.home() / ".cache" / "forgetless" / "logs" / f"vllm-bench-forgetting-{cfg.vllm.port}.log"
-            server = VllmServer(cfg, base_dir, log_path).start(log=log)
+            server = VllmServer(cfg, base_dir, log_path, all_cpus=True).start(log=log)
             try:
                 scorer = NllScorer(server.url, base_dir)
                 items = {id(it): scorer.item(it.row) for it in [*report_items, *audit_items]}

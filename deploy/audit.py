@@ -245,7 +245,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         check_adapter(a.path, base_dir, cfg.vllm.max_lora_rank)
     server = None
     if url is None:
-        server = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-audit-{cfg.vllm.port}.log").start(log=log)
+        server = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-audit-{cfg.vllm.port}.log", all_cpus=True).start(log=log)
         url = server.url
     try:
         require_models(url, [cfg.base.name, *adapters])

