@@ -261,11 +261,16 @@ def test_api_keys(vllm, demo_cfg):
         assert r.status_code == 401 and "k1" not in r.text
 
 
-def _vllm_running(vllm_url: str) -> float:
-    for line in httpx.get(f"{vllm_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("vllm:num_requests_running"):
+def _metric(url: str, name: str) -> float:
+    """The first sample of a Prometheus metric on a server's /metrics (vLLM's or the gateway's)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("vllm:num_requests_running not in vLLM metrics")
+    raise AssertionError(f"{name} not in {url}/metrics")
+
+
+def _vllm_running(vllm_url: str) -> float:
+    return _metric(vllm_url, "vllm:num_requests_running")
 
 
 def test_client_disconnect_cancels_upstream_request(gateway, vllm):
@@ -371,10 +376,7 @@ def test_prompt_logprobs_requests_do_not_crash_vllm(client, gateway, vllm):
     from concurrent.futures import ThreadPoolExecutor
 
     def metric() -> float:
-        for line in httpx.get(f"{gateway.url}/metrics", timeout=10).text.splitlines():
-            if line.startswith("forgetless_exclusive_requests_total "):
-                return float(line.split()[1])
-        return 0.0
+        return _metric(gateway.url, "forgetless_exclusive_requests_total")
 
     before = metric()
     msgs = [{"role": "user", "content": "Is a verbal agreement legally binding?"}]
