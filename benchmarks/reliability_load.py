@@ -67,8 +67,8 @@ async def _one(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, rng
             r = await client.post(f"{url}/v1/chat/completions", json=body, timeout=timeout)
             status = r.status_code
             outcome = _classify_json(r)
-    except (httpx.HTTPError, asyncio.TimeoutError) as exc:
-        outcome, status = "lost", f"{type(exc).__name__}"
+    except (httpx.HTTPError, asyncio.TimeoutError) as exc:  # "ReadError", or "200 then ReadError" mid-stream
+        outcome, status = "lost", f"{status} then {type(exc).__name__}" if status else type(exc).__name__
     return {"outcome": outcome, "status": status, "stream": stream, "ms": (time.perf_counter() - t) * 1000}
 
 

@@ -55,6 +55,7 @@ def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
     try:
         app = create_app(cfg, secrets, router)
         server = uvicorn.Server(uvicorn.Config(app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
+                                               timeout_keep_alive=cfg.gateway.keep_alive_timeout,
                                                timeout_graceful_shutdown=10))
 
         def announce():

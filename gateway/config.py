@@ -81,6 +81,10 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     #: a request body must arrive completely within this many seconds (slow or never-finished bodies get 408)
     body_timeout: float = Field(30.0, gt=0)
+    #: seconds an idle client connection stays open: longer than clients keep theirs (httpx and the openai package:
+    #: 5 s; load balancers: 60 s). With uvicorn's 5 s default, an event-loop stall of seconds (CPU starvation) let
+    #: uvloop close connections whose next request was already waiting, and those requests were lost
+    keep_alive_timeout: float = Field(75.0, gt=0)
     log_content: bool = False
     max_connections: int = Field(256, ge=1)
     #: send requests that compute prompt logprobs to vLLM alone: batched with others they crash vLLM's engine when
