@@ -89,7 +89,9 @@ class ThreadedGateway:
         import uvicorn
 
         self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        keep_alive = app.state.gateway.cfg.gateway.keep_alive_timeout  # as `forgetless serve` runs it
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    timeout_keep_alive=keep_alive))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
