@@ -119,7 +119,9 @@ def test_load_at_64_concurrent_through_real_vllm(vllm, tmp_path):
     finally:
         stop_process(p)
     assert r["requests"] == 320 and r["streams"] == 160
-    assert r["lost"] == 0 and r["gateway_5xx"] == 0, r["statuses"]
+    # on failure: what the gateway said besides its per-request lines (uvicorn warnings, errors)
+    said = [ln for ln in (tmp_path / "gw-load.log").read_text().splitlines() if '"msg": "request"' not in ln][-10:]
+    assert r["lost"] == 0 and r["gateway_5xx"] == 0, (r["statuses"], said)
     assert r["ok"] == 320, r["statuses"]
     assert r["rss_growth_pct"] < 10.0, r["rss_samples_mb"]
     assert 0 < r["p50_ms"] <= r["p99_ms"]
