@@ -169,8 +169,8 @@ def general_route_probs(cfg, eval_dir: Path, general_cols: list[str], log=print)
     return probs, router.fingerprint()
 
 
-def require_models(url: str, names: list[str], headers: dict | None = None) -> None:
-    """Fail with one line unless vLLM at `url` answers and serves every model in `names`."""
+def require_models(url: str, names: list[str], headers: dict | None = None, what: str = "vLLM") -> None:
+    """Fail with one line unless vLLM (or the gateway: `what`) at `url` answers and serves every model in `names`."""
     import httpx
 
     try:
@@ -178,10 +178,18 @@ def require_models(url: str, names: list[str], headers: dict | None = None) -> N
         r.raise_for_status()
         served = {m["id"] for m in r.json()["data"]}
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        raise InputError(f"no vLLM answering at {url} ({type(exc).__name__}); start `forgetless serve` or pass --url") from None
+        hint = "start `forgetless serve` or pass --url" if what == "vLLM" else "check --gateway and FORGETLESS_ADMIN_KEY"
+        raise InputError(f"no {what} answering at {url} ({type(exc).__name__}); {hint}") from None
     missing = [n for n in names if n not in served]
     if missing:
-        raise InputError(f"vLLM at {url} does not serve {', '.join(missing)} (served: {', '.join(sorted(served))})")
+        raise InputError(f"{what} at {url} does not serve {', '.join(missing)} (served: {', '.join(sorted(served))})")
+
+
+def admin_headers(admin_key: str | None) -> dict[str, str]:
+    """The gateway's admin key as a header, or one line saying it is missing."""
+    if not admin_key:
+        raise InputError("--gateway: set FORGETLESS_ADMIN_KEY to the gateway's admin key")
+    return {"Authorization": f"Bearer {admin_key}"}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -217,8 +225,13 @@ def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], 
 
 def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
               url: str | None = None, task_limit: int = 8, switch_margin: float = 0.02, sure_min: float | None = SURE_MIN,
-              fit_sure: bool = True, sure_cost: float = SURE_COST, log=print) -> dict:
+              fit_sure: bool = True, sure_cost: float = SURE_COST, gateway: str | None = None,
+              admin_key: str | None = None, log=print) -> dict:
     """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table.
+
+    With `gateway` (the URL of a gateway in front of a vLLM that serves traffic, and its admin key), the scoring
+    goes through that gateway, which sends each prompt-logprobs request to vLLM alone (batched with live requests
+    they crash vLLM 0.32).
 
     Sure-only routes get thresholds fitted on the configured router's probabilities for every prompt of the
     general eval sets when `fit_sure` and the router exists, else the fixed `sure_min` (None: no sure-only routes).
@@ -243,13 +256,15 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     base_dir = resolve_base(cfg, log)
     for a in cfg.adapters:  # one line naming the adapter, before vLLM would fail on it with a traceback in its log
         check_adapter(a.path, base_dir, cfg.vllm.max_lora_rank)
-    server = None
-    if url is None:
+    server, what, headers = None, "vLLM", {}
+    if gateway:
+        url, what, headers = gateway.rstrip("/"), "gateway", admin_headers(admin_key)
+    elif url is None:
         server = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-audit-{cfg.vllm.port}.log", all_cpus=True).start(log=log)
         url = server.url
     try:
-        require_models(url, [cfg.base.name, *adapters])
-        scorer = NllScorer(url, base_dir)
+        require_models(url, [cfg.base.name, *adapters], headers, what)
+        scorer = NllScorer(url, base_dir, headers=headers)
         items = {c.name: [scorer.item(r) for r in c.rows] for c in columns}
         models = [cfg.base.name, *adapters]
         matrix: dict[str, dict[str, float]] = {m: {} for m in models}
@@ -262,7 +277,8 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
                     got = scorer.item_nlls(m, items[c.name], progress=lambda: bar.advance(task))
                     matrix[m][c.name] = token_mean(got)
                     per_item[m][c.name] = per_token(got)
-            tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar)
+            tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar,
+                                     headers=headers)
     finally:
         if server is not None:
             server.stop()

@@ -5,6 +5,11 @@ route today (its route's eval set and the general sets), and admitted to the rou
 that model on its domain without losing more than the forgetting limit on any general set. Otherwise it is
 unloaded again and the reason is printed. The table is rewritten atomically; a running gateway picks it up
 on `POST /admin/reload`.
+
+With a gateway (`--gateway URL`), the scoring goes through it rather than straight to vLLM: the candidate is
+registered there for the admin key only (`POST /admin/candidates`), and the gateway sends each prompt-logprobs
+request to vLLM alone. vLLM 0.32 crashes when such a request shares a batch with live traffic, so this is how
+to audit on a vLLM that is serving.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import httpx
 
 from classifier.errors import InputError
 from deploy.adapter_check import check_adapter
-from deploy.audit import GENERAL_COLUMNS, eval_columns, relative, require_models, write_atomic
+from deploy.audit import GENERAL_COLUMNS, admin_headers, eval_columns, relative, require_models, write_atomic
 from gateway.routing_table import RoutingTable
 
 
@@ -50,7 +55,8 @@ def judge(matrix: dict[str, dict[str, float]], base: str, incumbent: str, cand: 
 
 
 def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | None = None, limit: int = 20,
-                    forgetting_limit: float = 0.05, url: str | None = None, task_limit: int = 8, log=print) -> Verdict:
+                    forgetting_limit: float = 0.05, url: str | None = None, task_limit: int = 8,
+                    gateway: str | None = None, admin_key: str | None = None, log=print) -> Verdict:
     from rich.progress import Progress
 
     from deploy.scoring import NllScorer
@@ -73,13 +79,19 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
     url = (url or cfg.upstream_url).rstrip("/")
     incumbent = table.routes.get(route) or (route if route in {a.name for a in cfg.adapters} else base)
     require_models(url, sorted({base, incumbent}))
+    score_url, headers = url, {}
+    if gateway:
+        score_url, headers = gateway.rstrip("/"), admin_headers(admin_key)
+        require_models(score_url, sorted({base, incumbent}), headers, what="gateway")
 
     r = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(Path(path).resolve())}, timeout=120)
     if r.status_code != 200:
         raise InputError(f"vLLM at {url} could not load adapter '{name}' from {path}: {r.text[:200]}")
     adopted = False
     try:
-        scorer = NllScorer(url, base_dir)
+        if gateway:
+            _gateway_call("POST", f"{score_url}/admin/candidates", headers, json={"name": name})
+        scorer = NllScorer(score_url, base_dir, headers=headers)
         items = {c.name: [scorer.item(row) for row in c.rows] for c in columns}
         models = list(dict.fromkeys([base, incumbent, name]))
         matrix: dict[str, dict[str, float]] = {m: {} for m in models}
@@ -89,7 +101,8 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
                 for c in columns:
                     matrix[m][c.name] = scorer.mean_nll(m, items[c.name], progress=lambda: bar.advance(task))
             # reported beside the verdict, which the NLL decides (see deploy/audit.py)
-            tasks = vllm_task_scores(url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar)
+            tasks = vllm_task_scores(score_url, scorer.tok, models, {c.name: c.rows for c in columns}, task_limit, bar,
+                                     headers=headers)
         general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
         adopted, reason = judge(matrix, base, incumbent, name, route, general_cols, forgetting_limit)
         report = {"candidate": name, "path": str(path), "route": route, "incumbent": incumbent, "adopted": adopted,
@@ -109,5 +122,25 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
         write_atomic(Path(out_dir) / f"candidate-{name}.json", json.dumps(report, indent=2) + "\n")
         return Verdict(adopted, reason, report)
     finally:
+        if gateway:  # adopted or not, it is no longer a candidate (an adopted one joins at the gateway's reload)
+            try:
+                httpx.delete(f"{score_url}/admin/candidates/{name}", headers=headers, timeout=60)
+            except httpx.HTTPError:
+                pass
         if not adopted:
             httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=120)
+
+
+def _gateway_call(method: str, url: str, headers: dict, **kw) -> httpx.Response:
+    """One admin call to the gateway, or one line saying why it failed."""
+    try:
+        r = httpx.request(method, url, headers=headers, timeout=60, **kw)
+    except httpx.HTTPError as exc:
+        raise InputError(f"--gateway: no gateway answering at {url.split('/admin')[0]} ({type(exc).__name__})") from None
+    if r.status_code != 200:
+        try:
+            why = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            why = r.text[:200]
+        raise InputError(f"--gateway: {method} {url} answered HTTP {r.status_code}: {why}")
+    return r

@@ -80,7 +80,10 @@ class NllScorer:
             "model": model, "prompt": item.full_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0})
         if r.status_code != 200:
             raise InputError(f"scoring with model '{model}' failed: HTTP {r.status_code} {r.text[:200]}")
-        plp = r.json()["choices"][0]["prompt_logprobs"]
+        doc = r.json()
+        if doc.get("model") != model:  # a gateway may answer with the base when an adapter fails: not this model's score
+            raise InputError(f"scoring with model '{model}': answered by '{doc.get('model')}' instead")
+        plp = doc["choices"][0]["prompt_logprobs"]
         total, n = 0.0, 0
         for pos in range(max(len(item.prompt_ids), 1), len(item.full_ids)):
             entry = plp[pos] or {}

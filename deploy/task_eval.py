@@ -45,7 +45,10 @@ class VllmGenerator:
             "model": model, "prompt": ids, "max_tokens": MAX_NEW_TOKENS, "temperature": 0})
         if r.status_code != 200:
             raise InputError(f"generating with model '{model}' failed: HTTP {r.status_code} {r.text[:200]}")
-        return r.json()["choices"][0]["text"]
+        doc = r.json()
+        if doc.get("model") != model:  # a gateway may answer with the base when an adapter fails: not this model's score
+            raise InputError(f"generating with model '{model}': answered by '{doc.get('model')}' instead")
+        return doc["choices"][0]["text"]
 
     def __call__(self, model: str, rows: list[dict], progress: Callable[[], None] | None = None) -> list[str]:
         def go(row):
@@ -118,7 +121,8 @@ def task_matrix(generate, models: list[str], rows_by_column: dict[str, list[dict
     return summarise(results, tasks)
 
 
-def vllm_task_scores(url: str, tok, models: list[str], rows_by_column: dict[str, list[dict]], limit: int, bar) -> dict:
+def vllm_task_scores(url: str, tok, models: list[str], rows_by_column: dict[str, list[dict]], limit: int, bar,
+                     headers: dict | None = None) -> dict:
     """The audit's task scores: up to `limit` checkable items per column, answered by every model through vLLM,
     with a progress bar on `bar`; {} when no column has one (or `limit` is 0)."""
     tasks = column_tasks(rows_by_column, limit)
@@ -126,4 +130,4 @@ def vllm_task_scores(url: str, tok, models: list[str], rows_by_column: dict[str,
     if not n:
         return {}
     task = bar.add_task(f"greedy answers: {len(models)} models × {n} task items", total=n * len(models))
-    return task_matrix(VllmGenerator(url, tok), models, rows_by_column, tasks, progress=lambda: bar.advance(task))
+    return task_matrix(VllmGenerator(url, tok, headers), models, rows_by_column, tasks, progress=lambda: bar.advance(task))

@@ -33,6 +33,12 @@ def require_client_key(request: Request) -> None:
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
+def is_admin(request: Request) -> bool:
+    """The request carries the admin key (which also opens the OpenAI endpoints)."""
+    admin = request.app.state.gateway.secrets.admin_key
+    return admin is not None and _matches(_bearer(request), [admin.get_secret_value()])
+
+
 def require_admin_key(request: Request) -> None:
     state = request.app.state.gateway
     admin = state.secrets.admin_key.get_secret_value() if state.secrets.admin_key else None

@@ -10,7 +10,7 @@ import typer
 
 from benchmarks.cli import app as bench_app
 from classifier.cli import app as route_app
-from classifier.errors import exit_on_input_error
+from classifier.errors import InputError, exit_on_input_error
 from deploy.audit import SURE_COST
 from deploy.cli import adapters_app, base_app
 from gateway.config import load_config
@@ -80,18 +80,31 @@ def audit(
         "--candidate", help="NAME=PATH: load a new adapter into the running vLLM and adopt it only if it wins.")] = None,
     route: Annotated[Optional[str], typer.Option("--route", help="The candidate's route (default: its NAME).")] = None,
     gateway: Annotated[Optional[str], typer.Option(
-        "--gateway", help="Gateway URL to reload after adoption (admin key from FORGETLESS_ADMIN_KEY).")] = None,
+        "--gateway", help=("A gateway in front of a vLLM that serves traffic: scoring goes through it, which sends "
+                           "each prompt-logprobs request to vLLM alone (batched with live traffic they crash vLLM "
+                           "0.32); with --candidate it is also reloaded after adoption. Admin key from "
+                           "FORGETLESS_ADMIN_KEY."))] = None,
 ):
     """Score base and adapters on every eval set; write the capability matrix and quality-gated routing table.
 
     With --candidate: audit one new adapter before adopting it (exit 1 when it is rejected)."""
+    from gateway.config import Secrets
+
     cfg = load_config(config)
+    admin = Secrets().admin_key
+    admin = admin.get_secret_value() if admin else None
+    if gateway:
+        from deploy.audit import admin_headers
+
+        admin_headers(admin)  # fails in one line, before any slow work, when the key is missing
     if candidate is None:
         from deploy.audit import run_audit
 
+        if gateway and url:
+            raise InputError("--gateway and --url: pass one (the gateway knows its vLLM)")
         doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit, switch_margin,
                         (SURE_MIN if sure_min is None else sure_min) if sure_routes else None,
-                        fit_sure=sure_min is None, sure_cost=sure_cost)
+                        fit_sure=sure_min is None, sure_cost=sure_cost, gateway=gateway, admin_key=admin)
         sure = {r: f"{m} at p >= {doc['sure_mins'].get(r, doc['sure_min']):g}" for r, m in doc["sure"].items()}
         typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}"
                    + (f"  sure-only: {json.dumps(sure)}" if sure else ""))
@@ -99,7 +112,7 @@ def audit(
         return
     from deploy.candidate import audit_candidate
 
-    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit)
+    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit, gateway, admin)
     name = verdict.report["candidate"]
     if not verdict.adopted:
         typer.echo(f"rejected '{name}': {verdict.reason}; unloaded from vLLM, routing table unchanged")

@@ -74,7 +74,7 @@ class Proxy:
     async def _forward(self, request: Request, body: dict, target: Target, routing_text: str, request_id: str,
                        started: float, release) -> Response:
         stream = bool(body.get("stream"))
-        attempts = [target.model] if target.model == self.state.base else [target.model, self.state.base]
+        attempts = [target.model] if target.model == self.state.base or target.exact else [target.model, self.state.base]
         last: tuple[int, bytes] | None = None
         for i, model in enumerate(attempts):
             if i:  # retry on the base model

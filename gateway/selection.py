@@ -36,7 +36,8 @@ def completion_routing_text(prompt) -> str:
     return ""  # token ids: nothing to read
 
 
-async def choose_target(state: GatewayState, requested: str, routing_text: str, forced_route: str | None) -> Target:
+async def choose_target(state: GatewayState, requested: str, routing_text: str, forced_route: str | None,
+                        admin: bool = False) -> Target:
     cfg = state.cfg.router
     if forced_route is not None:
         forced_route = forced_route.strip()
@@ -71,6 +72,8 @@ async def choose_target(state: GatewayState, requested: str, routing_text: str, 
         return Target(model, route=decision.route, confidence=decision.probability, router_ms=ms, fallback=fallback)
     if requested in state.known_models():
         return Target(requested)
+    if admin and requested in state.candidates:
+        return Target(requested, exact=True)
     raise GatewayError(
         404, f"The model '{requested}' does not exist. Available: {', '.join([cfg.virtual_model, *state.known_models()])}",
         param="model", code="model_not_found",

@@ -26,6 +26,7 @@ class Target:
     router_ms: float | None = None
     fallback: str | None = None  # why the base answers instead: "low-confidence", "route-unavailable", "upstream-error"
     forced: bool = False
+    exact: bool = False  # this model or an error, never the base instead (a candidate under audit)
 
 
 class GatewayState:
@@ -43,6 +44,10 @@ class GatewayState:
         # one thread decides routes, one request after another: the encoder already uses both cores for one
         # text, and concurrent decisions contend (measured: 430 decisions/s from one thread, 170/s from four)
         self.router_pool = ThreadPoolExecutor(1, thread_name_prefix="router")
+        # adapters under audit (`forgetless audit --candidate ... --gateway URL`): loaded in vLLM by the audit,
+        # answered here only when named with the admin key, never routed to; the audit's scoring comes through the
+        # gateway so that its prompt-logprobs requests are sent to vLLM alone
+        self.candidates: set[str] = set()
 
     async def decide(self, router: EmbeddingRouter, text: str):
         return await asyncio.get_running_loop().run_in_executor(self.router_pool, router.decide, text)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+from collections import Counter
 
 import httpx
 import pytest
 import yaml
-from conftest import REPO, ThreadedGateway, free_port, run_cli
+from conftest import REPO, ThreadedGateway, free_port, metric, run_cli
 
 
 def _head(src, dst, n):
@@ -17,10 +19,10 @@ def _head(src, dst, n):
     dst.write_text("".join(src.read_text().splitlines(keepends=True)[:n]))
 
 
-def run_audit(*args):
+def run_audit(*args, env: dict | None = None):
     """`forgetless audit ...`: scoring every model on every column through vLLM's prompt_logprobs is the slowest
     thing the suite runs (over 10 minutes on an AVX2-only CPU in bfloat16), so it gets more time than other commands."""
-    return run_cli("audit", *args, timeout=1800)
+    return run_cli("audit", *args, timeout=1800, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +167,33 @@ def test_audit_bad_input(tmp_path):
     r = run_audit("--config", cfg, "--eval", tmp_path / "eval", "--url", "http://127.0.0.1:9", "--out", tmp_path / "a")
     assert r.returncode == 2 and "missing legal/eval.jsonl" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "a").exists()  # nothing half-written
+    for args, env, msg in [(["--gateway", "http://127.0.0.1:9", "--url", "http://127.0.0.1:9"], {"FORGETLESS_ADMIN_KEY": "k"}, "pass one"),
+                           (["--gateway", "http://127.0.0.1:9"], {"FORGETLESS_ADMIN_KEY": ""}, "set FORGETLESS_ADMIN_KEY")]:
+        r = run_audit("--config", cfg, "--eval", tmp_path / "eval", "--out", tmp_path / "a", *args, env=env)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert not (tmp_path / "a").exists()
+
+
+def test_audit_through_the_gateway_scores_as_directly(gateway, vllm, shared, tmp_path, example_router):
+    """`audit --gateway`: the scoring of a vLLM that serves traffic goes through the gateway, each prompt-logprobs
+    request alone (counted), and gives the same numbers as scoring vLLM directly."""
+    evals = tmp_path / "eval"
+    for rel in ("legal/eval.jsonl", "general/eval.jsonl"):
+        _head(shared / "adapters" / rel, evals / rel, 2)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(yaml.safe_dump({"adapters": [{"name": "legal", "path": str(REPO / "deploy" / "adapters" / "legal")}],
+                                   "router": {"path": str(example_router)}}))
+    alone = metric(gateway.url, "forgetless_exclusive_requests_total")
+    args = ["--config", cfg, "--eval", evals, "--limit", "2", "--task-items", "0"]
+    r = run_audit(*args, "--gateway", gateway.url, "--out", tmp_path / "gw", env={"FORGETLESS_ADMIN_KEY": "admin-secret"})
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    assert metric(gateway.url, "forgetless_exclusive_requests_total") - alone == 8  # 2 models x 2 sets x 2 items
+    r = run_audit(*args, "--url", vllm.url, "--out", tmp_path / "direct")
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    through, direct = (json.loads((tmp_path / d / "audit.json").read_text())["matrix"] for d in ("gw", "direct"))
+    assert set(through) == {"smollm2", "legal"} and set(through["legal"]) == {"legal", "general"}
+    for m in direct:
+        assert through[m] == pytest.approx(direct[m], rel=1e-4), m
 
 
 def test_audit_adapter_that_cannot_load(vllm, shared, tmp_path, example_router):
@@ -209,36 +238,73 @@ def _served(vllm) -> set[str]:
     return {m["id"] for m in httpx.get(f"{vllm.url}/v1/models", timeout=30).json()["data"]}
 
 
-def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, example_router, bad_adapter):
-    evals, table, cfg_path = _candidate_setup(tmp_path, shared, example_router, vllm)
-    try:
-        # a broken finance adapter: rejected with the reason, unloaded again, table untouched
-        before = table.read_text()
-        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "5", "--out", tmp_path / "a",
-                    "--candidate", f"finance-v2={bad_adapter}", "--route", "finance", "--task-items", "0")
-        assert r.returncode == 1, r.stdout + r.stderr[-2000:]
-        assert "rejected 'finance-v2'" in r.stdout and ("forgets" in r.stdout or "does not beat" in r.stdout)
-        assert "finance-v2" not in _served(vllm) and table.read_text() == before
-        rejected = json.loads((tmp_path / "a" / "candidate-finance-v2.json").read_text())
-        assert rejected["adopted"] is False and rejected["tasks"] == {}
+def _live_traffic(url: str, stop: threading.Event, statuses: list) -> None:
+    """A client of the gateway, one short chat request after another until `stop`; every outcome is recorded."""
+    while not stop.is_set():
+        try:
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+                "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            statuses.append(r.status_code)
+        except httpx.HTTPError as exc:
+            statuses.append(type(exc).__name__)
 
-        # the demo math adapter beats the base on math without forgetting: adopted and kept loaded
-        r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "5", "--out", tmp_path / "a",
-                    "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math", "--task-items", "1")
-        assert r.returncode == 0, r.stdout + r.stderr[-2000:]
-        report = json.loads((tmp_path / "a" / "candidate-math-v2.json").read_text())
-        assert set(report["tasks"]) == {"smollm2", report["incumbent"], "math-v2"}  # base, incumbent, candidate
-        assert all(t["math"]["metric"] == "exact_match" and t["math"]["n"] == 1 and 0 <= t["math"]["score"] <= 1
-                   for t in report["tasks"].values())
-        assert "adopted 'math-v2' for route 'math'" in r.stdout and "math-v2" in _served(vllm)
-        doc = json.loads(table.read_text())
-        assert doc["routes"]["math"] == "math-v2" and doc["routes"]["legal"] == "legal"
-        assert doc["adopted"]["math-v2"]["route"] == "math" and doc["quality"]["math"]["math-v2"] > 0
+
+def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, example_router, bad_adapter):
+    from gateway.app import create_app
+    from gateway.config import Secrets, load_config
+
+    evals, table, cfg_path = _candidate_setup(tmp_path, shared, example_router, vllm)
+    cfg = load_config(cfg_path)
+    app = create_app(cfg, Secrets(_env_file=None, admin_key="audit-admin"))
+    env = {"FORGETLESS_ADMIN_KEY": "audit-admin"}
+    try:
+        with ThreadedGateway(app, cfg.gateway.host, cfg.gateway.port) as live:
+            # a broken finance adapter, audited through the gateway while it serves traffic: rejected with the
+            # reason, unloaded again, table untouched; every scoring request went to vLLM alone, so vLLM survived
+            # (prompt logprobs batched with other requests crash vLLM 0.32: tests/test_gateway.py)
+            before = table.read_text()
+            alone = metric(live.url, "forgetless_exclusive_requests_total")
+            stop, statuses = threading.Event(), []
+            clients = [threading.Thread(target=_live_traffic, args=(live.url, stop, statuses)) for _ in range(3)]
+            for t in clients:
+                t.start()
+            try:
+                r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "5", "--out", tmp_path / "a", "--gateway",
+                              live.url, "--candidate", f"finance-v2={bad_adapter}", "--route", "finance", "--task-items", "0",
+                              env=env)
+            finally:
+                stop.set()
+                for t in clients:
+                    t.join(300)
+            assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+            assert "rejected 'finance-v2'" in r.stdout and ("forgets" in r.stdout or "does not beat" in r.stdout)
+            assert "finance-v2" not in _served(vllm) and table.read_text() == before
+            rejected = json.loads((tmp_path / "a" / "candidate-finance-v2.json").read_text())
+            assert rejected["adopted"] is False and rejected["tasks"] == {}
+            assert len(statuses) >= 3 and set(statuses) == {200}, Counter(statuses)
+            # 13 items (5 finance, 5 general, 3 chat) x 2 models (the base is the incumbent of finance)
+            assert metric(live.url, "forgetless_exclusive_requests_total") - alone >= 26
+            assert httpx.get(f"{vllm.url}/health", timeout=30).status_code == 200
+            assert app.state.gateway.candidates == set()
+
+            # the demo math adapter beats the base on math without forgetting: adopted, kept loaded, and the
+            # gateway reloaded
+            r = run_audit("--config", cfg_path, "--eval", evals, "--limit", "5", "--out", tmp_path / "a", "--gateway",
+                          live.url, "--candidate", f"math-v2={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math",
+                          "--task-items", "1", env=env)
+            assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+            report = json.loads((tmp_path / "a" / "candidate-math-v2.json").read_text())
+            assert set(report["tasks"]) == {"smollm2", report["incumbent"], "math-v2"}  # base, incumbent, candidate
+            assert all(t["math"]["metric"] == "exact_match" and t["math"]["n"] == 1 and 0 <= t["math"]["score"] <= 1
+                       for t in report["tasks"].values())
+            assert "adopted 'math-v2' for route 'math'" in r.stdout and "math-v2" in _served(vllm)
+            assert f"gateway at {live.url} reloaded" in r.stdout
+            doc = json.loads(table.read_text())
+            assert doc["routes"]["math"] == "math-v2" and doc["routes"]["legal"] == "legal"
+            assert doc["adopted"]["math-v2"]["route"] == "math" and doc["quality"]["math"]["math-v2"] > 0
+            assert "math-v2" in app.state.gateway.adapters and app.state.gateway.candidates == set()
 
         # a gateway started afterwards serves the adopted adapter for the math route, under both policies
-        from gateway.app import create_app
-        from gateway.config import Secrets, load_config
-
         for selection in ("top1", "expected_quality"):
             cfg = load_config(cfg_path)
             cfg.router.selection = selection
@@ -273,8 +339,13 @@ def test_candidate_bad_input(vllm, shared, tmp_path, example_router):
          "no vLLM answering at http://127.0.0.1:9"),
         (["--candidate", f"legal={REPO / 'deploy' / 'adapters' / 'math'}"], "already used"),
     ]
-    for args, msg in cases:
-        r = run_audit("--config", cfg_path, "--eval", evals, "--out", tmp_path / "a", *args)
+    math = ["--candidate", f"x={REPO / 'deploy' / 'adapters' / 'math'}", "--route", "math"]
+    gateway_cases = [  # --gateway needs the admin key and a gateway that answers
+        ([*math, "--gateway", "http://127.0.0.1:9"], "set FORGETLESS_ADMIN_KEY", {"FORGETLESS_ADMIN_KEY": ""}),
+        ([*math, "--gateway", "http://127.0.0.1:9"], "no gateway answering at http://127.0.0.1:9", {"FORGETLESS_ADMIN_KEY": "k"}),
+    ]
+    for args, msg, env in [*((a, m, None) for a, m in cases), *gateway_cases]:
+        r = run_audit("--config", cfg_path, "--eval", evals, "--out", tmp_path / "a", *args, env=env)
         assert r.returncode == 2, (args, r.stdout, r.stderr[-1500:])
         assert msg in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert table.read_text() == before and "x" not in _served(vllm)

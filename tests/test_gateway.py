@@ -10,7 +10,7 @@ import shutil
 import httpx
 import openai
 import pytest
-from conftest import ThreadedGateway, free_port
+from conftest import REPO, ThreadedGateway, free_port, metric
 
 ROUTED = [
     ("Is a non-compete clause in my employment contract enforceable after I resign?", "legal"),
@@ -174,6 +174,40 @@ def test_admin_adapters_load_unload_and_path_checks(gateway, tmp_path):
         link.unlink()
 
 
+def test_admin_candidates_answer_only_the_admin_and_never_fall_back(gateway, vllm):
+    """An adapter under audit is loaded in vLLM by the audit and registered at the gateway, which answers it only when
+    the admin names it (with no retry on the base: its scores must be its own) and never routes to it."""
+    admin = {"Authorization": "Bearer admin-secret"}
+    url = f"{gateway.url}/admin/candidates"
+    body = {"model": "legal-cand", "prompt": "The lessee shall", "max_tokens": 2, "temperature": 0}
+    assert httpx.post(url, json={"name": "legal-cand"}, timeout=60).status_code == 401
+    r = httpx.post(url, json={"name": "legal-cand"}, headers=admin, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "candidate_not_loaded", r.text  # not in vLLM yet
+    r = httpx.post(url, json={"name": "legal"}, headers=admin, timeout=60)
+    assert r.status_code == 400 and "already a served model" in r.json()["error"]["message"]
+    assert httpx.delete(f"{url}/legal-cand", headers=admin, timeout=60).status_code == 404
+    src = REPO / "deploy" / "adapters" / "legal"
+    r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": "legal-cand", "lora_path": str(src)}, timeout=60)
+    assert r.status_code == 200, r.text
+    try:
+        assert httpx.post(url, json={"name": "legal-cand"}, headers=admin, timeout=60).status_code == 200
+        r = httpx.post(f"{gateway.url}/v1/completions", json=body, headers=admin, timeout=120)
+        assert r.status_code == 200 and r.json()["model"] == "legal-cand", r.text
+        r = httpx.post(f"{gateway.url}/v1/completions", json=body, timeout=120)  # a client: no such model
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert "legal-cand" not in [m["id"] for m in httpx.get(f"{gateway.url}/v1/models", timeout=30).json()["data"]]
+        # gone from vLLM while still a candidate: vLLM's 404 comes back, not the base model's answer
+        httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "legal-cand"}, timeout=60)
+        r = httpx.post(f"{gateway.url}/v1/completions", json=body, headers=admin, timeout=120)
+        assert r.status_code == 404 and "x-forgetless-fallback" not in r.headers, (r.status_code, r.text[:300])
+        assert httpx.delete(f"{url}/legal-cand", headers=admin, timeout=60).status_code == 200
+        r = httpx.post(f"{gateway.url}/v1/completions", json=body, headers=admin, timeout=120)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    finally:
+        httpx.post(f"{vllm.url}/v1/unload_lora_adapter", json={"lora_name": "legal-cand"}, timeout=60)
+        gateway.app.state.gateway.candidates.discard("legal-cand")
+
+
 def test_admin_reload_keeps_old_router_on_corrupt_files(gateway, client, example_router, tmp_path):
     admin = {"Authorization": "Bearer admin-secret"}
     bad = tmp_path / "bad-router"
@@ -261,16 +295,8 @@ def test_api_keys(vllm, demo_cfg):
         assert r.status_code == 401 and "k1" not in r.text
 
 
-def _metric(url: str, name: str) -> float:
-    """The first sample of a Prometheus metric on a server's /metrics (vLLM's or the gateway's)."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in {url}/metrics")
-
-
 def _vllm_running(vllm_url: str) -> float:
-    return _metric(vllm_url, "vllm:num_requests_running")
+    return metric(vllm_url, "vllm:num_requests_running")
 
 
 def test_client_disconnect_cancels_upstream_request(gateway, vllm):
@@ -376,7 +402,7 @@ def test_prompt_logprobs_requests_do_not_crash_vllm(client, gateway, vllm):
     from concurrent.futures import ThreadPoolExecutor
 
     def metric() -> float:
-        return _metric(gateway.url, "forgetless_exclusive_requests_total")
+        return metric(gateway.url, "forgetless_exclusive_requests_total")
 
     before = metric()
     msgs = [{"role": "user", "content": "Is a verbal agreement legally binding?"}]

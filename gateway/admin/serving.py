@@ -45,6 +45,7 @@ async def reload_router(state: GatewayState, path: str | None) -> dict:
         # plain assignments: requests already holding the old router or table finish with them
         state.router, state.table = new, table
         state.adapters.update(adopted)
+        state.candidates.difference_update(adopted)  # an adopted candidate is an adapter now
         stale = table.stale_for(new.fingerprint())
         if stale:
             log.warning(stale)
@@ -107,3 +108,28 @@ async def unload_adapter(state: GatewayState, name: str) -> dict:
         raise GatewayError(502, f"vLLM refused to unload '{name}': {r.text[:300]}", code="adapter_unload_failed")
     del state.adapters[name]
     return {"unloaded": name, "routes": state.routing_table()}
+
+
+async def add_candidate(state: GatewayState, name: str) -> dict:
+    if name in (state.cfg.router.virtual_model, *state.known_models()):
+        raise GatewayError(400, f"'name': '{name}' is already a served model", param="name", code="invalid_value")
+    try:
+        r = await state.client.get(f"{state.cfg.upstream_url}/v1/models", headers=state.upstream_headers())
+        served = {m.get("id") for m in r.json().get("data", [])} if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        served = None
+    if served is None:
+        raise GatewayError(503, "upstream unavailable: cannot check that vLLM serves the candidate", code="upstream_unavailable",
+                           headers={"Retry-After": "5"})
+    if name not in served:
+        raise GatewayError(400, f"vLLM does not serve '{name}': load the adapter into vLLM first", param="name",
+                           code="candidate_not_loaded")
+    state.candidates.add(name)
+    return {"candidate": name}
+
+
+def remove_candidate(state: GatewayState, name: str) -> dict:
+    if name not in state.candidates:
+        raise GatewayError(404, f"'{name}' is not a candidate", param="name", code="candidate_not_found")
+    state.candidates.discard(name)
+    return {"removed": name}
