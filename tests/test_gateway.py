@@ -401,10 +401,10 @@ def test_prompt_logprobs_requests_do_not_crash_vllm(client, gateway, vllm):
     requests is answered in full and vLLM stays up."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def metric() -> float:
+    def alone() -> float:
         return metric(gateway.url, "forgetless_exclusive_requests_total")
 
-    before = metric()
+    before = alone()
     msgs = [{"role": "user", "content": "Is a verbal agreement legally binding?"}]
 
     def scored_chat(model):
@@ -424,7 +424,7 @@ def test_prompt_logprobs_requests_do_not_crash_vllm(client, gateway, vllm):
     with ThreadPoolExecutor(len(calls)) as pool:
         results = list(pool.map(lambda c: c[0](c[1]), calls))
     assert all(n > 0 for n in results), results  # prompt logprobs for every scored prompt token, answers for the rest
-    assert metric() - before == 4
+    assert alone() - before == 4
     assert httpx.get(f"{vllm.url}/health", timeout=10).status_code == 200
     after = client.chat.completions.create(model="legal", messages=msgs, max_tokens=4)
     assert after.choices[0].message.content
