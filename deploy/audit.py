@@ -226,10 +226,10 @@ def heatmap(matrix: dict[str, dict[str, float]], base: str, columns: list[str], 
 def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_limit: float = 0.05,
               url: str | None = None, task_limit: int = 8, switch_margin: float = 0.02, sure_min: float | None = SURE_MIN,
               fit_sure: bool = True, sure_cost: float = SURE_COST, gateway: str | None = None,
-              admin_key: str | None = None, log=print) -> dict:
+              gateway_headers: dict | None = None, log=print) -> dict:
     """Score base + adapters (starting vLLM unless `url` points at one) and write the matrix and routing table.
 
-    With `gateway` (the URL of a gateway in front of a vLLM that serves traffic, and its admin key), the scoring
+    With `gateway` (the URL of a gateway in front of a vLLM that serves traffic; its admin key in `gateway_headers`), the scoring
     goes through that gateway, which sends each prompt-logprobs request to vLLM alone (batched with live requests
     they crash vLLM 0.32).
 
@@ -258,7 +258,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         check_adapter(a.path, base_dir, cfg.vllm.max_lora_rank)
     server, what, headers = None, "vLLM", {}
     if gateway:
-        url, what, headers = gateway.rstrip("/"), "gateway", admin_headers(admin_key)
+        url, what, headers = gateway.rstrip("/"), "gateway", gateway_headers or {}
     elif url is None:
         server = VllmServer(cfg, base_dir, HOME / "logs" / f"vllm-audit-{cfg.vllm.port}.log", all_cpus=True).start(log=log)
         url = server.url

@@ -22,7 +22,7 @@ import httpx
 
 from classifier.errors import InputError
 from deploy.adapter_check import check_adapter
-from deploy.audit import GENERAL_COLUMNS, admin_headers, eval_columns, relative, require_models, write_atomic
+from deploy.audit import GENERAL_COLUMNS, eval_columns, relative, require_models, write_atomic
 from gateway.routing_table import RoutingTable
 
 
@@ -56,7 +56,7 @@ def judge(matrix: dict[str, dict[str, float]], base: str, incumbent: str, cand: 
 
 def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | None = None, limit: int = 20,
                     forgetting_limit: float = 0.05, url: str | None = None, task_limit: int = 8,
-                    gateway: str | None = None, admin_key: str | None = None, log=print) -> Verdict:
+                    gateway: str | None = None, gateway_headers: dict | None = None, log=print) -> Verdict:
     from rich.progress import Progress
 
     from deploy.scoring import NllScorer
@@ -81,7 +81,7 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
     require_models(url, sorted({base, incumbent}))
     score_url, headers = url, {}
     if gateway:
-        score_url, headers = gateway.rstrip("/"), admin_headers(admin_key)
+        score_url, headers = gateway.rstrip("/"), gateway_headers or {}
         require_models(score_url, sorted({base, incumbent}), headers, what="gateway")
 
     r = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(Path(path).resolve())}, timeout=120)

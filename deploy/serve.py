@@ -37,6 +37,14 @@ def ready_banner(cfg: RoutesConfig) -> str:
     )
 
 
+def server_config(app, cfg: RoutesConfig, **where):
+    """The gateway's uvicorn settings (`where`: host/port overrides), shared by `serve` and in-process test gateways."""
+    import uvicorn
+
+    return uvicorn.Config(app, **{"host": cfg.gateway.host, "port": cfg.gateway.port, **where}, log_level="warning",
+                          timeout_keep_alive=cfg.gateway.keep_alive_timeout, timeout_graceful_shutdown=10)
+
+
 def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
     import uvicorn
 
@@ -54,9 +62,7 @@ def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
         vllm.start(log=log)
     try:
         app = create_app(cfg, secrets, router)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
-                                               timeout_keep_alive=cfg.gateway.keep_alive_timeout,
-                                               timeout_graceful_shutdown=10))
+        server = uvicorn.Server(server_config(app, cfg))
 
         def announce():
             deadline = time.monotonic() + 60

@@ -40,9 +40,8 @@ def is_admin(request: Request) -> bool:
 
 
 def require_admin_key(request: Request) -> None:
-    state = request.app.state.gateway
-    admin = state.secrets.admin_key.get_secret_value() if state.secrets.admin_key else None
-    if not admin:
+    admin = request.app.state.gateway.secrets.admin_key
+    if not (admin and admin.get_secret_value()):
         raise GatewayError(403, "admin endpoints are disabled: set FORGETLESS_ADMIN_KEY to enable them", code="admin_disabled")
-    if not _matches(_bearer(request), [admin]):
+    if not is_admin(request):
         raise GatewayError(401, "missing or invalid admin key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

@@ -92,11 +92,11 @@ def audit(
 
     cfg = load_config(config)
     admin = Secrets().admin_key
-    admin = admin.get_secret_value() if admin else None
+    headers = None
     if gateway:
         from deploy.audit import admin_headers
 
-        admin_headers(admin)  # fails in one line, before any slow work, when the key is missing
+        headers = admin_headers(admin.get_secret_value() if admin else None)  # one line, before any slow work
     if candidate is None:
         from deploy.audit import run_audit
 
@@ -104,7 +104,7 @@ def audit(
             raise InputError("--gateway and --url: pass one (the gateway knows its vLLM)")
         doc = run_audit(cfg, eval_dir, out, limit, forgetting_limit, url, task_limit, switch_margin,
                         (SURE_MIN if sure_min is None else sure_min) if sure_routes else None,
-                        fit_sure=sure_min is None, sure_cost=sure_cost, gateway=gateway, admin_key=admin)
+                        fit_sure=sure_min is None, sure_cost=sure_cost, gateway=gateway, gateway_headers=headers)
         sure = {r: f"{m} at p >= {doc['sure_mins'].get(r, doc['sure_min']):g}" for r, m in doc["sure"].items()}
         typer.echo(f"routing table: {json.dumps(doc['routes'])}  flagged: {doc['flagged'] or 'none'}"
                    + (f"  sure-only: {json.dumps(sure)}" if sure else ""))
@@ -112,7 +112,7 @@ def audit(
         return
     from deploy.candidate import audit_candidate
 
-    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit, gateway, admin)
+    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit, gateway, headers)
     name = verdict.report["candidate"]
     if not verdict.adopted:
         typer.echo(f"rejected '{name}': {verdict.reason}; unloaded from vLLM, routing table unchanged")

@@ -97,9 +97,9 @@ class ThreadedGateway:
         import uvicorn
 
         self.url = f"http://{host}:{port}"
-        keep_alive = app.state.gateway.cfg.gateway.keep_alive_timeout  # as `forgetless serve` runs it
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    timeout_keep_alive=keep_alive))
+        from deploy.serve import server_config
+
+        self.server = uvicorn.Server(server_config(app, app.state.gateway.cfg, host=host, port=port))  # as `serve` runs it
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
