@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from gateway.config import RoutesConfig, Secrets
 from gateway.errors import install_error_handlers
 from gateway.health.api_router import router as health_router
 from gateway.limits import BodyLimit
+from gateway.loop_lag import watch_loop_lag
 from gateway.models.api_router import router as models_router
 from gateway.observability import setup_logging
 from gateway.proxy import Proxy
@@ -60,9 +63,13 @@ def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: Embedd
                                        cfg.gateway.max_connections)
         if state.router is None:
             state.router = load_or_train_router(cfg)
+        watcher = asyncio.create_task(watch_loop_lag(state.metrics.loop_lag_s))
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await state.client.aclose()
 
     app = FastAPI(title="forgetless gateway", version="0.1.0", lifespan=lifespan,

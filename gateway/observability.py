@@ -28,11 +28,14 @@ class Metrics:
         self.tokens = Counter("forgetless_tokens_total", "Tokens reported by the upstream", ["route", "kind"], registry=r)
         self.exclusive = Counter("forgetless_exclusive_requests_total",
                                  "Requests sent to the upstream alone (they compute prompt logprobs)", registry=r)
+        self.loop_lag_s = Histogram("forgetless_event_loop_lag_seconds",
+                                    "How late the gateway's event loop ran a 0.25 s timer (CPU starvation, blocking calls)",
+                                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
 
 
 class JsonFormatter(logging.Formatter):
     FIELDS = ("request_id", "method", "path", "status", "route", "model", "fallback", "confidence", "router_ms",
-              "upstream_ms", "total_ms", "stream", "prompt", "completion", "error")
+              "upstream_ms", "total_ms", "stream", "prompt", "completion", "error", "lag_ms")
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)), "level": record.levelname.lower(),

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import shutil
+import time
 
 import httpx
 import openai
@@ -272,6 +273,47 @@ def test_logs_carry_no_prompt_text(gateway, client):
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert lines and lines[-1]["route"] and lines[-1]["request_id"]
     assert "123-45-6789" not in buf.getvalue()
+
+
+def lag_over(url: str, seconds: float) -> float:
+    """How many event-loop ticks of the gateway at `url` came `seconds` or more late (one scrape: it keeps ticking)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fam = next(f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+               if f.name == "forgetless_event_loop_lag_seconds")
+    count = next(s.value for s in fam.samples if s.name.endswith("_count"))
+    return count - next(s.value for s in fam.samples if s.name.endswith("_bucket") and float(s.labels["le"]) == seconds)
+
+
+def test_a_stalled_event_loop_is_measured_and_logged(demo_cfg):  # no upstream needed
+    from gateway.app import create_app
+    from gateway.config import Secrets
+
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.gateway.port = free_port()
+    app = create_app(cfg, Secrets(_env_file=None))
+
+    @app.get("/test-blocking-call")
+    async def blocking_call():  # blocks the loop the way a CPU-starved gateway stands still
+        time.sleep(1.6)
+        return {}
+
+    buf, logger = io.StringIO(), logging.getLogger("forgetless.gateway")
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logger.handlers[0].formatter)
+    logger.addHandler(handler)
+    try:
+        with ThreadedGateway(app, cfg.gateway.host, cfg.gateway.port) as gw:
+            time.sleep(0.6)
+            before = lag_over(gw.url, 1.0)
+            assert httpx.get(f"{gw.url}/test-blocking-call", timeout=30).status_code == 200
+            time.sleep(0.6)  # the watcher's next tick records the stall
+            assert lag_over(gw.url, 1.0) >= before + 1
+            assert metric(gw.url, "forgetless_event_loop_lag_seconds_count") >= 3  # it keeps ticking
+    finally:
+        logger.removeHandler(handler)
+    stalls = [d for d in map(json.loads, buf.getvalue().splitlines()) if "event loop stalled" in d["msg"]]
+    assert stalls and stalls[-1]["level"] == "warning" and 1000 <= stalls[-1]["lag_ms"] < 30000
 
 
 def test_api_keys(vllm, demo_cfg):
