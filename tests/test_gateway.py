@@ -270,7 +270,7 @@ def test_logs_carry_no_prompt_text(gateway, client):
         client.chat.completions.create(model="auto", messages=[{"role": "user", "content": secret}], max_tokens=2)
     finally:
         logger.removeHandler(handler)
-    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    lines = [d for d in map(json.loads, buf.getvalue().splitlines()) if d["msg"] == "request"]  # not stall warnings
     assert lines and lines[-1]["route"] and lines[-1]["request_id"]
     assert "123-45-6789" not in buf.getvalue()
 
