@@ -289,8 +289,7 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
     Regimes scored by vLLM share one server (its max LoRA rank is theirs); the base is scored once for them.
     Regimes scored by peft run in-process, the base included, so every matrix is computed one way throughout.
     """
-    from rich.progress import Progress
-
+    from classifier.progress import LoggedProgress
     from deploy.scoring import NllScorer, PeftScorer, make_item
     from deploy.task_eval import PeftGenerator, VllmGenerator, solve
     from deploy.vllm_server import VllmServer
@@ -309,7 +308,7 @@ def score_all(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem
     vllm_regimes = [rg for rg in regimes if rg.scorer == "vllm"]
     if vllm_regimes:
         total += len(report_items) + len(audit_items) + len(checkable)
-    with Progress() as bar:
+    with LoggedProgress() as bar:
         task = bar.add_task(f"scoring {len(report_items)} items (+{len(audit_items)} audit) per model", total=total)
 
         def run_model(nll, with_audit: bool):

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from rich.progress import Progress
 
 from benchmarks.processes import free_port, gateway_config, spawn, stop_process, wait_http
 from benchmarks.routing import RESULTS
+from classifier.progress import LoggedProgress
 from gateway.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
     result = {"concurrency": concurrency}
     vllm = VllmServer(cfg, resolve_base(cfg), work / "vllm.log")
     try:
-        with Progress() as bar:
+        with LoggedProgress() as bar:
             t = bar.add_task("starting vLLM", total=None)
             vllm.start(log=lambda m: None)
             bar.update(t, total=1, completed=1)

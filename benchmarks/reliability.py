@@ -18,13 +18,12 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from rich.progress import Progress
-
 from benchmarks import reliability_faults as faults
 from benchmarks.fuzz import fuzz
 from benchmarks.processes import REPO, free_port, gateway_config, spawn, stop_process, wait_http
 from benchmarks.reliability_load import run_load
 from benchmarks.routing import RESULTS
+from classifier.progress import LoggedProgress
 
 ADMIN_KEY = "bench-admin-key"
 
@@ -106,7 +105,7 @@ def refuzz(config: Path, per_operation: int, out_dir: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no report to update; run `forgetless bench reliability` first")
     report = json.loads(path.read_text())
-    with Progress() as bar:
+    with LoggedProgress() as bar:
         fz = run_fuzz(config, Path(tempfile.mkdtemp(prefix="forgetless-fuzz-")), per_operation, bar)
     report.update(fuzz=fz, fuzz_cases=fz["cases"], fuzz_failures=len(fz["failures"]),
                   fuzz_command=f"forgetless bench reliability --only-fuzz --fuzz-cases {per_operation}")
@@ -130,7 +129,7 @@ def run(config: Path = REPO / "deploy" / "routes.demo.yaml", requests: int = 200
     t0 = time.time()
     vllm = VllmServer(cfg, base_dir, work / "vllm.log")
     procs = []
-    with Progress() as bar:
+    with LoggedProgress() as bar:
         try:
             task = bar.add_task("starting vLLM", total=1)
             vllm.start(log=lambda m: None)

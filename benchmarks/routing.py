@@ -12,7 +12,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 from benchmarks.routing_methods import METHODS
 from benchmarks.routing_outside import load_outside, topic_key
@@ -20,6 +19,7 @@ from classifier.data import Examples, load_examples, source_family
 from classifier.encoders import DEFAULT_BACKEND, build_encoder
 from classifier.errors import InputError
 from classifier.metrics import routing_metrics
+from classifier.progress import LoggedProgress
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -124,7 +124,7 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
     fams = sorted(set(families))
     preds = {m.name: np.empty(len(ex), dtype=object) for m in METHODS}
     confs = {m.name: np.zeros(len(ex)) for m in METHODS}
-    with Progress() as bar:
+    with LoggedProgress() as bar:
         task = bar.add_task(f"leave-one-family-out ({len(fams)} families × {len(METHODS)} methods)", total=len(fams) * len(METHODS))
         for fam in fams:
             test = np.where(families == fam)[0]

@@ -238,8 +238,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
 
     Besides the NLL, every model answers up to `task_limit` checkable items per eval set (final-number exact
     match, code pass@1; deploy/task_metrics.py) with greedy decoding; 0 skips that."""
-    from rich.progress import Progress
-
+    from classifier.progress import LoggedProgress
     from deploy.scoring import NllScorer, per_token, token_mean
     from deploy.serve import HOME, resolve_base
     from deploy.task_eval import vllm_task_scores
@@ -270,7 +269,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         matrix: dict[str, dict[str, float]] = {m: {} for m in models}
         per_item: dict[str, dict[str, list[float]]] = {m: {} for m in models}
         total = sum(len(v) for v in items.values()) * len(models)
-        with Progress() as bar:
+        with LoggedProgress() as bar:
             task = bar.add_task(f"scoring {len(models)} models × {len(columns)} eval sets", total=total)
             for m in models:
                 for c in columns:

@@ -57,8 +57,7 @@ def judge(matrix: dict[str, dict[str, float]], base: str, incumbent: str, cand: 
 def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | None = None, limit: int = 20,
                     forgetting_limit: float = 0.05, url: str | None = None, task_limit: int = 8,
                     gateway: str | None = None, gateway_headers: dict | None = None, log=print) -> Verdict:
-    from rich.progress import Progress
-
+    from classifier.progress import LoggedProgress
     from deploy.scoring import NllScorer
     from deploy.serve import resolve_base
     from deploy.task_eval import vllm_task_scores
@@ -95,7 +94,7 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
         items = {c.name: [scorer.item(row) for row in c.rows] for c in columns}
         models = list(dict.fromkeys([base, incumbent, name]))
         matrix: dict[str, dict[str, float]] = {m: {} for m in models}
-        with Progress() as bar:
+        with LoggedProgress() as bar:
             task = bar.add_task(f"scoring candidate '{name}'", total=sum(map(len, items.values())) * len(models))
             for m in models:
                 for c in columns:

@@ -71,8 +71,10 @@ def train(base: Path, data: Path, out: Path, recipe: Recipe, log=print) -> Path:
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from classifier.progress import LoggedProgress
 
     if not (Path(base) / "config.json").is_file():
         raise InputError(f"{base}: not a model directory (no config.json); build it with `forgetless base build`")
@@ -119,10 +121,10 @@ def train(base: Path, data: Path, out: Path, recipe: Recipe, log=print) -> Path:
     if start == 0 and log_path.exists():
         log_path.unlink()
     model.train()
-    cols = [TextColumn("[bold]train[/bold] {task.fields[name]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    cols = [TextColumn("[bold]{task.description}[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn()]
-    with Progress(*cols) as bar, log_path.open("a") as flog:
-        task = bar.add_task("", total=recipe.steps, completed=start, name=out.name, loss=float("nan"))
+    with LoggedProgress(*cols) as bar, log_path.open("a") as flog:
+        task = bar.add_task(f"train {out.name}", total=recipe.steps, completed=start, loss=float("nan"))
         for step in range(start, recipe.steps):
             batch = [examples[i] for i in order[step * recipe.batch_size:(step + 1) * recipe.batch_size]]
             width = max(len(ids) for ids, _ in batch)

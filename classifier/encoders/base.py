@@ -39,9 +39,9 @@ class Encoder(ABC):
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         batches = length_batches(texts, batch_size)
         if progress:
-            from rich.progress import Progress
+            from classifier.progress import LoggedProgress
 
-            with Progress(transient=False) as bar:
+            with LoggedProgress(transient=False) as bar:
                 task = bar.add_task(f"encoding {len(texts)} texts", total=len(texts))
                 for idx in batches:
                     out[idx] = self._encode_batch([texts[i] for i in idx])
