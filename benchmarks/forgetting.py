@@ -50,7 +50,7 @@ def load_items(shared: Path, n_report: int, n_audit: int, seed: int = 0) -> tupl
 
     report, audit = [], []
     for col in COLUMNS:
-        p = shared / "adapters" / (GENERAL.get(col) or f"{col}/eval.jsonl")
+        p = column_path(shared, col)
         if not p.is_file():
             raise InputError(f"{p}: eval set for column '{col}' not found")
         rows = [obj for _, obj in read_jsonl(p)[0]]
@@ -61,6 +61,10 @@ def load_items(shared: Path, n_report: int, n_audit: int, seed: int = 0) -> tupl
         report += items[:n_report]
         audit += items[n_report:]
     return report, audit
+
+
+def column_path(shared: Path, col: str) -> Path:
+    return shared / "adapters" / (GENERAL.get(col) or f"{col}/eval.jsonl")
 
 
 def model_name(regime: str, adapter: str) -> str:
@@ -125,9 +129,10 @@ def _share(items: list[EvalItem], picks: list[str], column: str, regime: str) ->
 
 
 def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, forgetting_limit: float,
-                sure_min: float | None = SURE_MIN, general_probs: dict | None = None, router_fp: str | None = None):
+                sure_min: float | None = SURE_MIN, set_probs: dict | None = None, router_fp: str | None = None):
     """The audit (forgetless's own build_table) on the held-apart audit items of this regime; sure-only thresholds
-    fitted on `general_probs` (the router's probabilities for general prompts that are not reported) if given."""
+    fitted on `set_probs` (the router's probabilities for every prompt of each column that is not reported) if
+    given."""
     from deploy.audit import build_table
 
     models = [BASE, *(model_name(regime, d) for d in DOMAINS)]
@@ -138,7 +143,7 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     item_nlls = {k: {c: per_token([s for s, it in zip(audit_scores[m], audit_items) if it.column == c]) for c in COLUMNS}
                  for k, m in names.items()}
     table, report = build_table(renamed, BASE, DOMAINS, [*DOMAINS, "general"], list(GENERAL), forgetting_limit, "general",
-                                switch_margin=0.02, sure_min=sure_min, item_nlls=item_nlls, general_probs=general_probs,
+                                switch_margin=0.02, sure_min=sure_min, item_nlls=item_nlls, set_probs=set_probs,
                                 router_fp=router_fp)
     table.routes["general"] = BASE
     table.routes = {r: (m if m == BASE else model_name(regime, m)) for r, m in table.routes.items()}
@@ -148,17 +153,17 @@ def gated_table(regime: str, audit_items: list[EvalItem], audit_scores: dict, fo
     return table, report
 
 
-def general_probe(shared: Path, report_items: list[EvalItem], router) -> dict[str, list[dict[str, float]]]:
-    """The router's probabilities for every general prompt that is not reported: what the audit fits sure-only
-    thresholds on, so no reported item decides how its own column is routed."""
+def eval_probe(shared: Path, report_items: list[EvalItem], router) -> dict[str, list[dict[str, float]]]:
+    """The router's probabilities for every prompt of every column that is not reported: what the audit fits
+    sure-only thresholds on, so no reported item decides how its own column is routed."""
     import json
 
     from classifier.data import read_jsonl
 
     reported = {json.dumps(it.row, sort_keys=True) for it in report_items}
-    return {col: route_probs(router, [o for _, o in read_jsonl(shared / "adapters" / rel)[0]
+    return {col: route_probs(router, [o for _, o in read_jsonl(column_path(shared, col))[0]
                                       if json.dumps(o, sort_keys=True) not in reported])
-            for col, rel in GENERAL.items()}
+            for col in COLUMNS}
 
 
 def train_router(shared: Path, log=print):
@@ -208,7 +213,7 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     # one prompt at a time, as the gateway decides: the int8 encoder's scores shift slightly with what else is in a
     # batch, enough to flip a prompt that sits at a threshold
     decisions = [router.decide(it.text) for it in report_items]
-    probe = general_probe(shared, report_items, router)
+    probe = eval_probe(shared, report_items, router)
 
     # greedy generation is the slow part on CPU: --quick answers at most 1 checkable item per column
     checkable = checkable_items(report_items, (1 if quick else None) if tasks else 0)
@@ -220,7 +225,7 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
     for rg in run_regimes:
         per_item, audit_scores, solved = scores[rg.name]
         table, audit_report = gated_table(rg.name, audit_items, audit_scores, forgetting_limit,
-                                          general_probs=probe, router_fp=router.fingerprint())
+                                          set_probs=probe, router_fp=router.fingerprint())
         ungated = {d: model_name(rg.name, d) for d in DOMAINS}
         res = assemble(rg.name, report_items, per_item, decisions, table, ungated)
         doc["regimes"][rg.name] = {

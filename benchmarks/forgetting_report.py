@@ -67,14 +67,15 @@ def markdown(doc: dict) -> str:
              + (f"; per-item scores of {', '.join(doc['scores_from_cache'])} reused from an earlier run with the same "
                 "models, items and versions" if doc.get("scores_from_cache") else "") + ")  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + "  ",
-             f"Metric: mean per-token NLL of the reference answer given the prompt, computed by vLLM (prompt_logprobs), "
+             f"Metric: mean per-token NLL of the reference answer given the prompt, computed by {scorers(doc)}, "
              f"lower is better; {doc['items_per_column']} items per column (seeded sample). The audit that gates `routed` "
              f"and `routed_expected` used {doc['audit_items_per_column']} other items per column. Router: forgetless's default, "
              f"trained on {doc['router']['data']}.", "",
              "Rows: `base`; `adapter:<d>` alone; `mixed` = one LoRA on all five domains with the same total budget; "
              "`routed` = router top-1 → the audit's quality-gated table (a flagged adapter that wins its own domain serves it only "
-             "when the router is sure enough: per route, the lowest probability at which the general prompts that are not "
-             f"reported would cost each general column at most {SURE_COST:.1%} through it); `routed_expected` = expected-quality policy; "
+             "when the router is sure enough: per route, the lowest probability at which the prompts of the other columns that "
+             f"are not reported would cost each of those columns at most {SURE_COST:.1%} through it); `routed_expected` = "
+             "expected-quality policy; "
              "`routed_ungated` = router top-1 → adapter of that name, no audit; `oracle` = adapter of the true domain "
              "(base for general columns).", ""]
     for c, reason in doc.get("skipped_regimes", {}).items():
@@ -175,3 +176,14 @@ def write_report(doc: dict, out_dir: Path) -> None:
     plot_tradeoff(doc, out_dir / "forgetting_tradeoff.png")
     (out_dir / "forgetting.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "forgetting.md").write_text(markdown(doc))
+
+
+def scorers(doc: dict) -> str:
+    """Who computed each regime's NLL: vLLM's prompt_logprobs, or transformers+peft in-process."""
+    how = {"vllm": "vLLM (prompt_logprobs)", "peft": "transformers+peft in-process (float32)"}
+    by = {}
+    for name, rg in doc["regimes"].items():
+        by.setdefault(how.get(rg.get("scorer", "vllm"), rg.get("scorer")), []).append(f"`{name}`")
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{who} for {', '.join(names)}" for who, names in by.items())

@@ -21,7 +21,7 @@ from deploy.sure_thresholds import fit_sure_thresholds, route_probs
 from gateway.routing_table import SURE_MIN, RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
-#: default expected relative NLL loss a sure-only adapter may cost any general set (see deploy/sure_thresholds.py)
+#: default expected relative NLL loss a sure-only adapter may cost any other eval set (deploy/sure_thresholds.py)
 SURE_COST = 0.005
 #: significance a model needs to take a route from its default (sign test over the route's eval items), for the
 #: table as a whole: each route is one more chance for a lucky challenger, so a single route's test uses
@@ -80,7 +80,7 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
                 general_cols: list[str], limit: float, fallback: str | None = None,
                 switch_margin: float = 0.02, sure_min: float | None = SURE_MIN,
                 item_nlls: dict[str, dict[str, list[float]]] | None = None,
-                general_probs: dict[str, list[dict[str, float]]] | None = None, sure_cost: float = SURE_COST,
+                set_probs: dict[str, list[dict[str, float]]] | None = None, sure_cost: float = SURE_COST,
                 router_fp: str | None = None) -> tuple[RoutingTable, dict[str, dict]]:
     """Top-1 table: each route goes to the usable model (base or unflagged adapter) with the lowest NLL on its eval
     set. Differences within `switch_margin` (relative NLL) count as ties, settled for the route's own adapter when
@@ -93,11 +93,13 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
 
     A flagged adapter that beats the base on its own route by more than `switch_margin`, where the base would
     serve that route otherwise, becomes the route's sure-only model: it serves prompts the router gives that route
-    a probability of at least `sure_min` (None: never). Forgetting hurts only the general prompts that reach the
-    adapter, and the router rarely gives a general prompt such a probability for a domain route. Given the router's
-    probabilities on general prompts (`general_probs`, for the router with fingerprint `router_fp`), each such
-    route gets its own threshold instead: the lowest at which the expected general loss stays within `sure_cost`
-    (deploy/sure_thresholds.py); a route no threshold makes safe gets no sure-only adapter.
+    a probability of at least `sure_min` (None: never). Forgetting hurts only the other prompts that reach the
+    adapter (general ones, and other domains'), and the router rarely gives them such a probability for the
+    adapter's route. Given the router's probabilities on the prompts of every eval set (`set_probs`: set -> one
+    dict per prompt, for the router with fingerprint `router_fp`), each such route gets its own threshold
+    instead: the lowest at which the expected loss on every other set stays within `sure_cost`, measured against
+    the model that serves that set otherwise (deploy/sure_thresholds.py); a route no threshold makes safe gets no
+    sure-only adapter.
 
     Given per-item NLLs (`item_nlls`: model -> column -> per-token NLL of each item), a model other than the
     route's default takes the route only if it is also better on significantly many items (one-sided sign test,
@@ -131,9 +133,13 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
                 table.sure[r] = r
         else:
             table.routes[r] = base
-    if general_probs is not None and table.sure:
-        loss = {a: report[a]["relative_nll_change"] for a in adapters}
-        fitted = fit_sure_thresholds(table.sure, general_probs, loss, sure_cost)
+    if set_probs is not None and table.sure:
+        # what a prompt of each set gets when it does not reach the adapter: the base for general sets, else its
+        # route's top-1 model
+        other = {c: base if c in general_cols else table.routes.get(c, base) for c in set_probs}
+        loss = {a: {c: relative(matrix[a][c], matrix[m][c]) for c, m in other.items() if c in matrix[a] and c in matrix[m]}
+                for a in set(table.sure.values())}
+        fitted = fit_sure_thresholds(table.sure, set_probs, loss, sure_cost)
         table.sure = {r: a for r, a in table.sure.items() if fitted[r] is not None}
         table.sure_mins = {r: t for r, t in fitted.items() if t is not None}
         table.sure_router = router_fp
@@ -153,9 +159,9 @@ def wins_consistently(item_nlls: dict[str, dict[str, list[float]]], challenger: 
     return binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue <= (SWITCH_P if p_max is None else p_max)
 
 
-def general_route_probs(cfg, eval_dir: Path, general_cols: list[str], log=print):
-    """(general set -> the configured router's probabilities for each of its prompts, the router's fingerprint),
-    or None when there is no trained router yet (sure-only routes then use the fixed threshold)."""
+def eval_route_probs(cfg, columns: list[Column], log=print):
+    """(eval set -> the configured router's probabilities for each prompt of its whole file, the router's
+    fingerprint), or None when there is no trained router yet (sure-only routes then use the fixed threshold)."""
     from classifier.routers.embedding import EmbeddingRouter
 
     path = cfg.router.path
@@ -163,9 +169,9 @@ def general_route_probs(cfg, eval_dir: Path, general_cols: list[str], log=print)
         log(f"no router at {path} yet: sure-only routes use the fixed threshold (train the router, then audit again)")
         return None
     router = EmbeddingRouter.load(path)
-    probs = {col: route_probs(router, [obj for _, obj in read_jsonl(Path(eval_dir) / GENERAL_COLUMNS[col])[0]])
-             for col in general_cols}
-    log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} general prompts (router {router.fingerprint()})")
+    probs = {c.name: route_probs(router, [obj for _, obj in read_jsonl(c.path)[0]]) for c in columns}
+    log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} prompts of {len(probs)} eval sets "
+        f"(router {router.fingerprint()})")
     return probs, router.fingerprint()
 
 
@@ -234,7 +240,8 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     they crash vLLM 0.32).
 
     Sure-only routes get thresholds fitted on the configured router's probabilities for every prompt of the
-    general eval sets when `fit_sure` and the router exists, else the fixed `sure_min` (None: no sure-only routes).
+    eval sets (whole files, not only the `limit` scored ones) when `fit_sure` and the router exists, else the
+    fixed `sure_min` (None: no sure-only routes).
 
     Besides the NLL, every model answers up to `task_limit` checkable items per eval set (final-number exact
     match, code pass@1; deploy/task_metrics.py) with greedy decoding; 0 skips that."""
@@ -249,9 +256,8 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
         raise InputError(f"{cfg.source}: no adapters to audit")
     routes = adapters
     columns = eval_columns(eval_dir, routes, limit)
-    # the router's view of the general prompts first: a router that does not load fails before the slow scoring
-    general_names = [c.name for c in columns if c.name in GENERAL_COLUMNS]
-    fit = general_route_probs(cfg, eval_dir, general_names, log) if fit_sure and sure_min is not None else None
+    # the router's view of the eval prompts first: a router that does not load fails before the slow scoring
+    fit = eval_route_probs(cfg, columns, log) if fit_sure and sure_min is not None else None
     base_dir = resolve_base(cfg, log)
     for a in cfg.adapters:  # one line naming the adapter, before vLLM would fail on it with a traceback in its log
         check_adapter(a.path, base_dir, cfg.vllm.max_lora_rank)
@@ -284,7 +290,7 @@ def run_audit(cfg, eval_dir: Path, out_dir: Path, limit: int = 20, forgetting_li
     general_cols = [c.name for c in columns if c.name in GENERAL_COLUMNS]
     fallback = cfg.router.fallback
     table, report = build_table(matrix, cfg.base.name, adapters, [*routes, fallback], general_cols, forgetting_limit, fallback,
-                                switch_margin, sure_min, item_nlls=per_item, general_probs=fit and fit[0],
+                                switch_margin, sure_min, item_nlls=per_item, set_probs=fit and fit[0],
                                 sure_cost=sure_cost, router_fp=fit and fit[1])
     table.routes[fallback] = cfg.base.name  # the fallback route is the base model by definition; its quality row stays
     doc = {"metric": "nll", "base": cfg.base.name, "columns": [c.name for c in columns], "items_per_column": limit,

@@ -1,12 +1,14 @@
 """How sure the router must be before a sure-only adapter answers: one threshold per route, fitted on where
-general prompts land.
+the prompts of every other eval set land.
 
-A flagged adapter forgets general ability, so each general prompt the router sends to it costs about that
-adapter's measured general loss. With `share(t)` the part of a general eval set whose probability for the
+A flagged adapter forgets: each prompt of another set that the router sends to it costs about that adapter's
+measured loss on that set, against the model that would serve the prompt otherwise (the base for a general set,
+the route's own model for another domain's set). With `share(t)` the part of a set whose probability for the
 adapter's route is at least t, the expected loss on that set is share(t) × loss. The threshold is the lowest t
-(from 0.5 up) at which that product stays within `cost` on every general set: a route general prompts never
-resemble (code, say) gets a low bar and serves most of its domain's prompts, one they often resemble gets a high
-bar, and a route no threshold makes safe gets no sure-only adapter at all.
+(from 0.5 up) at which that product stays within `cost` on every set but the route's own: a route other prompts
+never resemble (code, say) gets a low bar and serves most of its domain's prompts, one they often resemble gets
+a high bar, and a route no threshold makes safe gets no sure-only adapter at all. Other domains count as much as
+the general sets: a legal adapter that forgets finance costs every finance prompt mistaken for legal.
 """
 
 from __future__ import annotations
@@ -17,23 +19,24 @@ from collections.abc import Mapping, Sequence
 GRID = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 .. 0.99
 
 
-def fit_sure_thresholds(sure: Mapping[str, str], general_probs: Mapping[str, Sequence[Mapping[str, float]]],
-                        general_loss: Mapping[str, Mapping[str, float]], cost: float) -> dict[str, float | None]:
-    """Per sure-only route: the lowest threshold keeping share(t) × loss within `cost` on every general set.
+def fit_sure_thresholds(sure: Mapping[str, str], set_probs: Mapping[str, Sequence[Mapping[str, float]]],
+                        loss: Mapping[str, Mapping[str, float]], cost: float) -> dict[str, float | None]:
+    """Per sure-only route: the lowest threshold keeping share(t) × loss within `cost` on every other eval set.
 
-    `sure`: route -> adapter; `general_probs`: general set -> the router's probabilities (route -> p) for each of
-    its prompts; `general_loss`: adapter -> general set -> relative NLL change against the base (a gain counts as
-    no loss). None for a route no threshold below 1 makes safe."""
+    `sure`: route -> adapter; `set_probs`: eval set -> the router's probabilities (route -> p) for each of its
+    prompts (a domain's set is named after its route, and does not count against that route); `loss`: adapter ->
+    eval set -> relative NLL change against the model that serves the set otherwise (a gain counts as no loss).
+    None for a route no threshold below 1 makes safe."""
     out: dict[str, float | None] = {}
     for route, adapter in sure.items():
         out[route] = None
         for t in GRID:
             worst = 0.0
-            for col, probs in general_probs.items():
-                if not probs:
+            for col, probs in set_probs.items():
+                if col == route or not probs:
                     continue
                 share = sum(1 for p in probs if p.get(route, 0.0) >= t) / len(probs)
-                worst = max(worst, share * max(general_loss.get(adapter, {}).get(col, 0.0), 0.0))
+                worst = max(worst, share * max(loss.get(adapter, {}).get(col, 0.0), 0.0))
             if worst <= cost:
                 out[route] = t
                 break

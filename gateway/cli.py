@@ -69,10 +69,11 @@ def audit(
         "Another model takes a route from its own adapter (or the base) only if better by more than this relative NLL."))] = 0.02,
     sure_min: Annotated[Optional[float], typer.Option("--sure-min", min=0.5, max=1.0, help=(
         "A flagged adapter that clearly wins its own route serves it when the router's probability is at least this. "
-        f"Default: per route, the lowest probability keeping the expected general loss within --sure-cost, fitted on "
-        f"the router's probabilities for the general eval prompts ({SURE_MIN:g} when no router is trained yet)."))] = None,
+        f"Default: per route, the lowest probability keeping the expected loss on every other eval set within "
+        f"--sure-cost, fitted on the router's probabilities for the eval prompts ({SURE_MIN:g} when no router is "
+        f"trained yet)."))] = None,
     sure_cost: Annotated[float, typer.Option("--sure-cost", min=0.0, max=1.0, help=(
-        "Expected relative NLL loss a sure-only adapter may cost any general eval set (per-route thresholds)."))] = SURE_COST,
+        "Expected relative NLL loss a sure-only adapter may cost any other eval set (per-route thresholds)."))] = SURE_COST,
     sure_routes: Annotated[bool, typer.Option("--sure-routes/--no-sure-routes", help=(
         "--no-sure-routes: flagged adapters never serve (the base takes their routes)."))] = True,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,

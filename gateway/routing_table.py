@@ -32,11 +32,11 @@ class RoutingTable:
     adopted: dict[str, dict] = field(default_factory=dict)
     source: str = "forgetless audit"
     #: route -> flagged adapter, used for that route only when the router is at least `sure_min` sure: an adapter
-    #: that forgets costs general ability only on the general prompts that reach it, and few general prompts
-    #: get a calibrated probability that high for a domain route
+    #: that forgets costs quality only on the other prompts that reach it (general or other domains'), and few of
+    #: them get a calibrated probability that high for its route
     sure: dict[str, str] = field(default_factory=dict)
     sure_min: float = SURE_MIN
-    #: per-route thresholds fitted by the audit from where general prompts land (deploy/sure_thresholds.py); they
+    #: per-route thresholds fitted by the audit from where the other eval sets' prompts land (sure_thresholds.py); they
     #: hold for the router they were fitted on (`sure_router`, its fingerprint), any other router gets `sure_min`
     sure_mins: dict[str, float] = field(default_factory=dict)
     sure_router: str | None = None

@@ -75,7 +75,7 @@ def test_flagged_adapters_serve_only_sure_prompts():
     assert res["matrix"]["routed"]["legal"] == 2.0  # an unsure legal prompt loses the adapter's gain: the price
     # thresholds fitted on where general prompts land: none of 200 looks like code, 10 % look like legal at 0.6
     probe = {c: [{"general": 0.9, "code": 0.1}] * 180 + [{"legal": 0.6, "general": 0.4}] * 20 for c in ["general", "general_chat", "wikitext"]}
-    fitted, _ = gated_table("r", items, scores, forgetting_limit=0.05, general_probs=probe, router_fp="fp")
+    fitted, _ = gated_table("r", items, scores, forgetting_limit=0.05, set_probs=probe, router_fp="fp")
     assert fitted.sure_mins["code"] == 0.5 and fitted.sure_mins["legal"] == 0.61
     unsure[COLUMNS.index("code")] = _decision("code", 0.6)
     res = assemble("r", items, scores, unsure, fitted, ungated)

@@ -136,7 +136,7 @@ def test_sure_thresholds_fitted_per_route_from_where_general_prompts_land(tmp_pa
 
     # in the audit's table: legal is flagged (3 % general loss) and wins its route: a threshold fitted for this router
     strict, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
-                            ["general"], 0.02, fallback="general", general_probs={"general": general}, sure_cost=0.0013,
+                            ["general"], 0.02, fallback="general", set_probs={"general": general}, sure_cost=0.0013,
                             router_fp="r1")
     assert strict.sure == {"legal": "legal"} and strict.sure_mins == {"legal": 0.71} and strict.sure_router == "r1"
     assert strict.model_for("legal", 0.75, "r1") == "legal" and strict.model_for("legal", 0.7, "r1") == "base"
@@ -150,8 +150,34 @@ def test_sure_thresholds_fitted_per_route_from_where_general_prompts_land(tmp_pa
     assert back.stale_for("r1") is None and "fitted for router r1" in back.stale_for("r2")
     # no threshold keeps the cost in budget: no sure-only route
     none, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
-                          ["general"], 0.02, fallback="general", general_probs={"general": general}, sure_cost=0.001)
+                          ["general"], 0.02, fallback="general", set_probs={"general": general}, sure_cost=0.001)
     assert not none.sure and none.model_for("legal", 0.99) == "base"
+
+
+def test_sure_thresholds_count_other_domains_prompts_against_the_model_that_serves_them():
+    from deploy.sure_thresholds import fit_sure_thresholds
+
+    clean = [{"general": 0.9, "legal": 0.1}] * 100
+    # 2 of 100 math prompts look like legal at 0.8; every legal prompt does (its own set never counts against it)
+    math = [{"math": 0.9, "legal": 0.1}] * 98 + [{"legal": 0.8, "math": 0.2}] * 2
+    own = [{"legal": 0.99}] * 100
+    probs = {"general": clean, "math": math, "legal": own}
+    loss = {"legal": {"general": 0.0, "math": 0.5, "legal": 0.5}}
+    assert fit_sure_thresholds({"legal": "legal"}, probs, loss, cost=0.005) == {"legal": 0.81}  # 2 % x 50 % > 0.5 %
+    assert fit_sure_thresholds({"legal": "legal"}, {"general": clean, "legal": own}, loss, cost=0.005) == {"legal": 0.5}
+
+    # in the audit's table the loss on math is measured against math's own model (the math adapter, 0.8), not the
+    # base: legal's 1.1 there is 37.5 % worse (10 % vs the base), and 2 % of math prompts x 37.5 % > 0.5 %
+    table, _ = build_table(MATRIX, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
+                           ["general"], 0.02, fallback="general", set_probs=probs, sure_cost=0.005, router_fp="r1")
+    assert table.routes["math"] == "math" and table.sure == {"legal": "legal"}
+    assert table.sure_mins == {"legal": 0.81}
+    assert table.model_for("math", 0.9, "r1") == "math" and table.model_for("legal", 0.8, "r1") == "base"
+    # measured against the base instead (math served by the base), 2 % x 10 % stays within 0.5 %: the bar stays 0.5
+    flat = {m: {**row, "math": 1.0 if m != "legal" else 1.1} for m, row in MATRIX.items()}
+    table, _ = build_table(flat, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
+                           ["general"], 0.02, fallback="general", set_probs=probs, sure_cost=0.005, router_fp="r1")
+    assert table.routes["math"] == "base" and table.sure_mins == {"legal": 0.5}
 
 
 def test_another_model_takes_a_route_only_when_it_wins_on_most_items():
