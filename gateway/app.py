@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -56,7 +55,7 @@ def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: Embedd
     state = GatewayState(cfg, secrets or Secrets(), router)
     setup_logging()
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         t = cfg.gateway.timeouts
         state.client = upstream_client(httpx.Timeout(connect=t.connect, read=t.first_token, write=t.first_token, pool=t.connect),
