@@ -161,9 +161,8 @@ def eval_probe(shared: Path, report_items: list[EvalItem], router) -> dict[str, 
     from classifier.data import read_jsonl
 
     reported = {json.dumps(it.row, sort_keys=True) for it in report_items}
-    return {col: route_probs(router, [o for _, o in read_jsonl(column_path(shared, col))[0]
-                                      if json.dumps(o, sort_keys=True) not in reported])
-            for col in COLUMNS}
+    return route_probs(router, {col: [o for _, o in read_jsonl(column_path(shared, col))[0]
+                                      if json.dumps(o, sort_keys=True) not in reported] for col in COLUMNS})
 
 
 def train_router(shared: Path, log=print):

@@ -169,7 +169,7 @@ def eval_route_probs(cfg, columns: list[Column], log=print):
         log(f"no router at {path} yet: sure-only routes use the fixed threshold (train the router, then audit again)")
         return None
     router = EmbeddingRouter.load(path)
-    probs = {c.name: route_probs(router, [obj for _, obj in read_jsonl(c.path)[0]]) for c in columns}
+    probs = route_probs(router, {c.name: [obj for _, obj in read_jsonl(c.path)[0]] for c in columns})
     log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} prompts of {len(probs)} eval sets "
         f"(router {router.fingerprint()})")
     return probs, router.fingerprint()

@@ -43,10 +43,23 @@ def fit_sure_thresholds(sure: Mapping[str, str], set_probs: Mapping[str, Sequenc
     return out
 
 
-def route_probs(router, rows: Sequence[Mapping]) -> list[dict[str, float]]:
-    """The router's probabilities for each row that has text to route, decided one at a time as the gateway does
-    (batched, the int8 encoder's scores shift slightly with the rest of the batch)."""
-    return [router.decide(t).probs for t in map(routing_text, rows) if t.strip()]
+def route_probs(router, sets: Mapping[str, Sequence[Mapping]]) -> dict[str, list[dict[str, float]]]:
+    """Per eval set, the router's probabilities for each row that has text to route, decided one at a time as the
+    gateway does (batched, the int8 encoder's scores shift slightly with the rest of the batch); with a progress
+    bar, since a few thousand prompts take a while on CPU."""
+    from classifier.progress import LoggedProgress
+
+    texts = {name: [t for t in map(routing_text, rows) if t.strip()] for name, rows in sets.items()}
+    out: dict[str, list[dict[str, float]]] = {}
+    with LoggedProgress() as bar:
+        task = bar.add_task(f"router probabilities for {sum(map(len, texts.values()))} eval prompts",
+                            total=sum(map(len, texts.values())))
+        for name, ts in texts.items():
+            out[name] = []
+            for t in ts:
+                out[name].append(router.decide(t).probs)
+                bar.advance(task)
+    return out
 
 
 def routing_text(row: Mapping) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 from collections import Counter
 
@@ -70,6 +71,8 @@ def test_audit_flags_broken_adapter_and_gateway_serves_the_table(vllm, shared, t
         r = run_audit("--config", cfg_path, "--eval", evals, "--url", vllm.url, "--limit", "6", "--task-items", "2",
                     "--out", tmp_path / "audit")
         assert r.returncode == 0, r.stderr[-3000:]
+        # the router reads every prompt of the 4 eval files (21 of them), with progress lines in a log
+        assert re.search(r"router probabilities for 21 eval prompts: 21/21 \(100%\)", r.stderr), r.stderr[-3000:]
         doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
         assert doc["columns"] == ["legal", "finance", "general", "general_chat"]
         # task metrics: the finance items that state a final number, answered greedily by every model
