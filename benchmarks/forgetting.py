@@ -105,6 +105,23 @@ def assemble(regime: str, items: list[EvalItem], per_item: dict, decisions: list
     return {"matrix": matrix, "choices": picks_by_col, "picks": choice}
 
 
+def misses(regime: str, items: list[EvalItem], decisions: list, per_item: dict, picks: dict[str, list[str]]) -> list[dict]:
+    """The reported items `routed` answered with another model than `oracle`, and worse (by more than 0.5 %): the
+    single decisions behind a column's gap to oracle, with how sure the router was (its two most probable routes)
+    and the cause: `router` when it chose another route than the item's own, `gate` when the route was right and
+    the audit's table served it with another model (a flagged adapter held back)."""
+    out = []
+    for i, (it, dec, got, want) in enumerate(zip(items, decisions, picks["routed"], picks["oracle"])):
+        nll, best = per_token([per_item[got][i], per_item[want][i]])
+        if got == want or nll <= best * 1.005:
+            continue
+        own = it.column if it.column in DOMAINS else "general"
+        out.append({"column": it.column, "model": got.removeprefix(f"{regime}-"), "oracle": want.removeprefix(f"{regime}-"),
+                    "cause": "gate" if dec.route == own else "router", "nll": round(nll, 4), "oracle_nll": round(best, 4),
+                    "router": [[r, round(p, 3)] for r, p in sorted(dec.probs.items(), key=lambda kv: -kv[1])[:2]]})
+    return out
+
+
 def assemble_tasks(regime: str, items: list[EvalItem], solved: dict[str, dict[int, bool]], picks: dict[str, list[str]]) -> dict:
     """Task scores (share right) per row and per column that has task items; routed rows use each item's pick."""
     if not solved:
@@ -236,6 +253,7 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
                       "sure": {r: m.removeprefix(f"{rg.name}-") for r, m in table.sure.items()}, "sure_min": table.sure_min,
                       "sure_mins": table.sure_mins},
             "targets": targets(res["matrix"], aggressive=rg.name == "aggressive"),
+            "misses": misses(rg.name, report_items, decisions, per_item, res["picks"]),
         }
     matrices = doc["regimes"]
     doc["matrix"] = (matrices.get("aggressive") or matrices[run_regimes[-1].name])["matrix"]

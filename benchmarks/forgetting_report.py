@@ -116,6 +116,7 @@ def markdown(doc: dict) -> str:
         if "met_mixed" in t:
             lines.append(f"- routed beats mixed on every general column: **{'yes' if t['met_mixed'] else 'no'}** (" +
                          ", ".join(f"{c} {v:+.1%}" for c, v in t["routed_vs_mixed_general"].items()) + ")")
+        lines += miss_lines(r.get("misses"))
         lines += task_table(doc, r)
         lines += ["", f"![{name} heatmap](forgetting_{name}.png)", ""]
     lines += ["## What this shows", "", *verdicts(doc), "", "![trade-off](forgetting_tradeoff.png)", ""]
@@ -187,3 +188,21 @@ def scorers(doc: dict) -> str:
     if len(by) == 1:
         return next(iter(by))
     return "; ".join(f"{who} for {', '.join(names)}" for who, names in by.items())
+
+
+
+def miss_lines(misses: list[dict] | None) -> list[str]:
+    """The reported items `routed` answered worse than `oracle` did, one line each, with the router's two most
+    probable routes: with a few items per column, these single decisions are what the gaps above are made of."""
+    if misses is None:
+        return []
+    if not misses:
+        return ["", "No reported item was answered worse by `routed` than by `oracle`."]
+    why = {"router": "router chose another route", "gate": "right route, the audit's table held the adapter back"}
+    out = ["", f"Reported items `routed` answered more than 0.5 % worse than `oracle` ({len(misses)}; with 8 items a "
+               "column, each one moves its column a lot):", ""]
+    for x in misses:
+        top = ", ".join(f"{r} {p:.3f}" for r, p in x["router"])
+        out.append(f"- {x['column']}: {x['model']} instead of {x['oracle']} ({why[x['cause']]}; router: {top}), NLL "
+                   f"{x['nll']:.3f} vs {x['oracle_nll']:.3f} ({(x['nll'] - x['oracle_nll']) / x['oracle_nll']:+.0%})")
+    return out

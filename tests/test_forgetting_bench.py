@@ -6,7 +6,7 @@ import json
 
 from conftest import run_cli
 
-from benchmarks.forgetting import BASE, COLUMNS, EvalItem, assemble, gated_table, model_name, targets
+from benchmarks.forgetting import BASE, COLUMNS, EvalItem, assemble, gated_table, misses, model_name, targets
 from benchmarks.forgetting_regimes import DOMAINS
 from classifier.routers.base import Decision
 
@@ -45,11 +45,20 @@ def test_rows_assembled_from_per_item_scores():
     assert res["choices"]["routed"]["legal"] == {"legal": 1.0}
     t = targets(m, aggressive=True)
     assert t["met_oracle"] and t["met_base"] and t["met_mixed"]
+    assert misses("r", items, decisions, scores, res["picks"]) == []
 
     # a general prompt mistaken for legal: top-1 sends it to the forgetting legal adapter ...
     decisions[COLUMNS.index("general")] = _decision("legal", 0.3)
     res = assemble("r", items, scores, decisions, table, {d: model_name("r", d) for d in DOMAINS})
     assert res["matrix"]["routed"]["general"] == 2.6
+    # the report names that item, the model it got, and how sure the router was
+    assert misses("r", items, decisions, scores, res["picks"]) == [
+        {"column": "general", "model": "legal", "oracle": BASE, "cause": "router", "nll": 2.6, "oracle_nll": 2.0,
+         "router": [["legal", 0.3], ["medical", 0.14]]}]
+    from benchmarks.forgetting_report import miss_lines
+
+    assert ("- general: legal instead of smollm2 (router chose another route; router: legal 0.300, medical 0.140), "
+            "NLL 2.600 vs 2.000 (+30%)") in miss_lines(misses("r", items, decisions, scores, res["picks"]))
     # ... while expected quality weighs 0.3 × 25 % gain against 0.7 × 30 % loss on the other routes and keeps the base
     assert res["matrix"]["routed_expected"]["general"] == 2.0
     t = targets(res["matrix"], aggressive=True)
@@ -73,6 +82,8 @@ def test_flagged_adapters_serve_only_sure_prompts():
     res = assemble("r", items, scores, unsure, table, ungated)
     assert res["matrix"]["routed"]["general"] == 2.0 and res["matrix"]["routed_ungated"]["general"] == 2.6
     assert res["matrix"]["routed"]["legal"] == 2.0  # an unsure legal prompt loses the adapter's gain: the price
+    gap = misses("r", items, unsure, scores, res["picks"])
+    assert [(x["column"], x["model"], x["oracle"], x["cause"]) for x in gap] == [("legal", BASE, "legal", "gate")]
     # thresholds fitted on where general prompts land: none of 200 looks like code, 10 % look like legal at 0.6
     probe = {c: [{"general": 0.9, "code": 0.1}] * 180 + [{"legal": 0.6, "general": 0.4}] * 20 for c in ["general", "general_chat", "wikitext"]}
     fitted, _ = gated_table("r", items, scores, forgetting_limit=0.05, set_probs=probe, router_fp="fp")
@@ -119,6 +130,10 @@ def test_quick_run_on_real_vllm(shared, tmp_path, vllm):
     md = (tmp_path / "forgetting.md").read_text()
     assert "Task scores" in md
     assert "## Regime `light`" in md and "routed within 2 % of oracle" in md
+    # the items behind the gaps to oracle, each with its cause and the router's two most probable routes
+    gap = doc["regimes"]["light"]["misses"]
+    assert all(x["cause"] in ("router", "gate") and len(x["router"]) == 2 and x["nll"] > x["oracle_nll"] for x in gap)
+    assert (f"answered more than 0.5 % worse than `oracle` ({len(gap)};" in md) if gap else ("No reported item" in md)
     for png in ("forgetting_light.png", "forgetting_tradeoff.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     # the same run again reuses the per-item scores: same matrices, no scoring
