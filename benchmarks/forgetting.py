@@ -67,6 +67,11 @@ def column_path(shared: Path, col: str) -> Path:
     return shared / "adapters" / (GENERAL.get(col) or f"{col}/eval.jsonl")
 
 
+def own_route(col: str) -> str:
+    """The route a column's prompts belong to: their domain, or the fallback for the general columns."""
+    return col if col in DOMAINS else "general"
+
+
 def model_name(regime: str, adapter: str) -> str:
     return f"{regime}-{adapter}"
 
@@ -115,9 +120,8 @@ def misses(regime: str, items: list[EvalItem], decisions: list, per_item: dict, 
         nll, best = per_token([per_item[got][i], per_item[want][i]])
         if got == want or nll <= best * 1.005:
             continue
-        own = it.column if it.column in DOMAINS else "general"
         out.append({"column": it.column, "model": got.removeprefix(f"{regime}-"), "oracle": want.removeprefix(f"{regime}-"),
-                    "cause": "gate" if dec.route == own else "router", "nll": round(nll, 4), "oracle_nll": round(best, 4),
+                    "cause": "gate" if dec.route == own_route(it.column) else "router", "nll": round(nll, 4), "oracle_nll": round(best, 4),
                     "router": [[r, round(p, 3)] for r, p in sorted(dec.probs.items(), key=lambda kv: -kv[1])[:2]]})
     return out
 
@@ -402,8 +406,7 @@ def router_accuracy(items: list[EvalItem], decisions: list) -> dict[str, float]:
     """Share of each column's items routed to their own domain (general columns: to the fallback)."""
     out = {}
     for c in COLUMNS:
-        want = c if c in DOMAINS else "general"
-        got = [d.route == want for it, d in zip(items, decisions) if it.column == c]
+        got = [d.route == own_route(c) for it, d in zip(items, decisions) if it.column == c]
         out[c] = round(sum(got) / len(got), 3) if got else 0.0
     return out
 

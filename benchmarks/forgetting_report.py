@@ -190,7 +190,6 @@ def scorers(doc: dict) -> str:
     return "; ".join(f"{who} for {', '.join(names)}" for who, names in by.items())
 
 
-
 def miss_lines(misses: list[dict] | None) -> list[str]:
     """The reported items `routed` answered worse than `oracle` did, one line each, with the router's two most
     probable routes: with a few items per column, these single decisions are what the gaps above are made of."""

@@ -33,7 +33,8 @@ SWITCH_P = 0.1
 class Column:
     name: str
     path: Path
-    rows: list[dict]
+    rows: list[dict]  # the first `limit` rows: what gets scored
+    every_row: list[dict]  # the whole file: what the router's sure-only thresholds are fitted on
 
 
 def eval_columns(eval_dir: Path, domains: list[str], limit: int) -> list[Column]:
@@ -55,8 +56,8 @@ def eval_columns(eval_dir: Path, domains: list[str], limit: int) -> list[Column]
         raise InputError(f"{eval_dir}: missing general/eval.jsonl (needed to measure forgetting)")
     out = []
     for name, p in zip(names, cols):
-        rows = [obj for _, obj in read_jsonl(p)[0]][:limit]
-        out.append(Column(name, p, rows))
+        every = [obj for _, obj in read_jsonl(p)[0]]
+        out.append(Column(name, p, every[:limit], every))
     return out
 
 
@@ -169,7 +170,7 @@ def eval_route_probs(cfg, columns: list[Column], log=print):
         log(f"no router at {path} yet: sure-only routes use the fixed threshold (train the router, then audit again)")
         return None
     router = EmbeddingRouter.load(path)
-    probs = route_probs(router, {c.name: [obj for _, obj in read_jsonl(c.path)[0]] for c in columns})
+    probs = route_probs(router, {c.name: c.every_row for c in columns})
     log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} prompts of {len(probs)} eval sets "
         f"(router {router.fingerprint()})")
     return probs, router.fingerprint()

@@ -50,10 +50,10 @@ def route_probs(router, sets: Mapping[str, Sequence[Mapping]]) -> dict[str, list
     from classifier.progress import LoggedProgress
 
     texts = {name: [t for t in map(routing_text, rows) if t.strip()] for name, rows in sets.items()}
+    n = sum(map(len, texts.values()))
     out: dict[str, list[dict[str, float]]] = {}
     with LoggedProgress() as bar:
-        task = bar.add_task(f"router probabilities for {sum(map(len, texts.values()))} eval prompts",
-                            total=sum(map(len, texts.values())))
+        task = bar.add_task(f"router probabilities for {n} eval prompts", total=n)
         for name, ts in texts.items():
             out[name] = []
             for t in ts:
