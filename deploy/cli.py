@@ -36,6 +36,8 @@ def adapters_train(
     target: Annotated[str, typer.Option("--target", help="Comma-separated modules, or 'all-linear'.")] = "q_proj,v_proj",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     save_every: Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint interval (steps) for resuming.")] = 25,
+    truncate: Annotated[str, typer.Option("--truncate", help="What a chat longer than --max-length loses: 'prompt' "
+                                          "(its start; the answer is kept) or 'end' (answers after a long prompt are lost).")] = "prompt",
 ):
     """Train a LoRA adapter (loss on assistant tokens only, deterministic per seed, resumable)."""
     from deploy.train_adapter import Recipe, train
@@ -43,6 +45,7 @@ def adapters_train(
     modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if target == "all-linear" \
         else [t.strip() for t in target.split(",") if t.strip()]
     recipe = Recipe(steps=steps, rank=rank, alpha=alpha or 2 * rank, lr=lr, batch_size=batch_size,
-                    max_length=max_length, seed=seed, target_modules=modules, save_every=save_every)
+                    max_length=max_length, seed=seed, target_modules=modules, save_every=save_every,
+                    truncate=truncate)
     base_dir = base or build_base()
     typer.echo(f"adapter written to {train(base_dir, data, out, recipe)}")

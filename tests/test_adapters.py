@@ -64,3 +64,48 @@ def test_bad_chat_data(tmp_path, base_dir):
     bad.write_text('{"messages": [{"role": "robot", "content": "hi"}]}\n')
     r = run_cli("adapters", "train", "--data", bad, "--out", tmp_path / "o", "--base", base_dir, "--steps", "1")
     assert r.returncode == 2 and "messages[0] needs a role" in r.stderr
+
+
+def test_long_chats_keep_their_answer(tmp_path, base_dir):
+    """A chat longer than --max-length loses its prompt's start by default, never its answer; `--truncate end`
+    (how the demo adapters were trained) cuts the end, and a chat whose answer it cuts away is skipped."""
+    from transformers import AutoTokenizer
+
+    from deploy.train_adapter import tokenize_chat, window
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    question = "Read this clause and say who pays. " + "The supplier shall deliver the goods on time. " * 40
+    answer = "The buyer pays the shipping costs."
+    chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    answer_ids = [t for t in tok(answer, add_special_tokens=False)["input_ids"]]
+
+    ids, labels, cut = tokenize_chat(tok, chat, 64)
+    assert cut and len(ids) == len(labels) == 64
+    kept = [t for t in labels if t != -100]
+    assert kept[:len(answer_ids)] == answer_ids  # the whole answer (and the end-of-turn tokens after it)
+    assert ids[-len(kept):] == kept and all(t == -100 for t in labels[:64 - len(kept)])
+    ids, labels, cut = tokenize_chat(tok, chat, 64, truncate="end")
+    assert cut and len(ids) == 64 and all(t == -100 for t in labels)
+
+    # an answer longer than half the window keeps half a window of prompt before it
+    assert window(1000, 980, 64, "prompt") == 936  # a 20-token answer: the window ends with the chat
+    assert window(1000, 300, 64, "prompt") == 268  # long answer: 32 prompt tokens, then its first 32
+    assert window(50, 40, 64, "prompt") == 0 and window(1000, 900, 64, "end") == 0
+
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [chat, *[
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]]))
+    args = ["adapters", "train", "--data", data, "--base", base_dir, "--steps", "1", "--max-length", "64"]
+    r = run_cli(*args, "--out", tmp_path / "p")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{data}: 1 of 9 chats cut to --max-length 64 (--truncate prompt)" in r.stdout + r.stderr
+    recipe = json.loads((tmp_path / "p" / "recipe.json").read_text())
+    assert recipe["truncate"] == "prompt" and recipe["examples"] == 9 and "--truncate prompt" in recipe["command"]
+    r = run_cli(*args, "--out", tmp_path / "e", "--truncate", "end")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 of 9 chats cut to --max-length 64 (--truncate end); 1 skipped (no answer token left)" \
+        in r.stdout + r.stderr
+    assert json.loads((tmp_path / "e" / "recipe.json").read_text())["examples"] == 8
+    r = run_cli(*args, "--out", tmp_path / "x", "--truncate", "middle")
+    assert r.returncode == 2 and "--truncate 'middle': expected one of prompt, end" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x").exists()
