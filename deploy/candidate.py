@@ -22,7 +22,7 @@ import httpx
 
 from classifier.errors import InputError
 from deploy.adapter_check import check_adapter
-from deploy.audit import GENERAL_COLUMNS, eval_columns, relative, require_models, write_atomic
+from deploy.audit import GENERAL_COLUMNS, SURE_COST, eval_columns, relative, require_models, write_atomic
 from gateway.routing_table import RoutingTable
 
 
@@ -56,7 +56,8 @@ def judge(matrix: dict[str, dict[str, float]], base: str, incumbent: str, cand: 
 
 def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | None = None, limit: int = 20,
                     forgetting_limit: float = 0.05, url: str | None = None, task_limit: int = 8,
-                    gateway: str | None = None, gateway_headers: dict | None = None, log=print) -> Verdict:
+                    gateway: str | None = None, gateway_headers: dict | None = None, sure_cost: float = SURE_COST,
+                    log=print) -> Verdict:
     from classifier.progress import LoggedProgress
     from deploy.scoring import NllScorer
     from deploy.serve import resolve_base
@@ -117,6 +118,7 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
             fallback = cfg.router.fallback  # its quality row averages the general sets, as the audit's does
             table.quality.setdefault(fallback, {base: 0.0})[name] = round(sum(map(gain, general_cols)) / len(general_cols), 6)
             table.adopted[name] = {"path": str(Path(path).resolve()), "route": route}
+            report["sure_refit"] = refit_sure(cfg, table, route, next(c for c in columns if c.name == route), sure_cost, log)
             write_atomic(Path(cfg.router.table), table.to_json())
         write_atomic(Path(out_dir) / f"candidate-{name}.json", json.dumps(report, indent=2) + "\n")
         return Verdict(adopted, reason, report)
@@ -128,6 +130,31 @@ def audit_candidate(cfg, spec: str, eval_dir: Path, out_dir: Path, route: str | 
                 pass
         if not adopted:
             httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=120)
+
+
+def refit_sure(cfg, table: RoutingTable, route: str, column, sure_cost: float, log=print) -> dict[str, dict]:
+    """The other sure-only routes' thresholds, re-checked on `route`'s whole eval file now that a better model serves
+    it (deploy/sure_thresholds.py); only thresholds fitted for the configured router are (a fixed --sure-min, or
+    thresholds of another router, are not fitted on prompts at all)."""
+    from classifier.routers.embedding import EmbeddingRouter
+    from deploy.sure_thresholds import refit_for_new_model, route_probs
+
+    others = [r for r in table.sure if r != route]
+    if not others or table.sure_router is None or not (Path(cfg.router.path) / "router.json").is_file():
+        return {}
+    router = EmbeddingRouter.load(cfg.router.path)
+    if router.fingerprint() != table.sure_router:
+        return {}
+    changes = refit_for_new_model(table, route, route_probs(router, {route: column.every_row})[route], sure_cost)
+    for r, c in changes.items():
+        if c["after"] is None:
+            log(f"sure-only route '{r}' dropped: its adapter would cost {route}'s prompts more than {sure_cost:.1%} "
+                f"against '{table.routes[route]}' at any threshold")
+        else:
+            moved = f"{c['before']:g} -> {c['after']:g}" if c["after"] > c["before"] else f"{c['after']:g} holds"
+            log(f"sure-only route '{r}': threshold {moved} on {route}'s {c['prompts']} prompts ('{c['adapter']}' "
+                f"costs them {c['loss']:+.1%} against '{table.routes[route]}'; {c['share']:.1%} reach it)")
+    return changes
 
 
 def _gateway_call(method: str, url: str, headers: dict, **kw) -> httpx.Response:

@@ -43,6 +43,37 @@ def fit_sure_thresholds(sure: Mapping[str, str], set_probs: Mapping[str, Sequenc
     return out
 
 
+def refit_for_new_model(table, route: str, probs: Sequence[Mapping[str, float]], cost: float) -> dict[str, dict]:
+    """After `route` got a better model (an adopted candidate: `table.routes[route]`, its gain in `table.quality`),
+    re-check every other sure-only route's threshold on `route`'s prompts: a flagged adapter that such a prompt
+    reaches now costs it against the new model, a larger loss than against the one the audit measured.
+
+    `probs`: the router's probabilities for each prompt of `route`'s eval set (the router the thresholds were
+    fitted for). A threshold only rises (the other sets' constraints still hold above it); a route no threshold
+    below 1 makes safe loses its sure-only adapter. The loss comes from the audit's gains over the base on
+    `route` (NLL = base NLL × (1 − gain)), so nothing is scored again; a flagged adapter without a gain on `route`
+    is left as it was. Changes `table` and returns, per re-checked route, what changed and why."""
+    new = table.routes[route]
+    gains = table.quality.get(route, {})
+    out: dict[str, dict] = {}
+    for r, adapter in sorted(table.sure.items()):
+        if r == route or adapter not in gains or new not in gains or not probs:
+            continue
+        loss = (1 - gains[adapter]) / (1 - gains[new]) - 1
+        before = table.sure_threshold(r)
+        bar = fit_sure_thresholds({r: adapter}, {route: probs}, {adapter: {route: loss}}, cost)[r]
+        after = None if bar is None else max(before, bar)
+        share = sum(1 for p in probs if p.get(r, 0.0) >= (before if after is None else after)) / len(probs)
+        out[r] = {"adapter": adapter, "before": before, "after": after, "loss": round(loss, 6),
+                  "share": round(share, 6), "prompts": len(probs)}
+        if after is None:
+            del table.sure[r]
+            table.sure_mins.pop(r, None)
+        else:
+            table.sure_mins[r] = after
+    return out
+
+
 def route_probs(router, sets: Mapping[str, Sequence[Mapping]]) -> dict[str, list[dict[str, float]]]:
     """Per eval set, the router's probabilities for each row that has text to route, decided one at a time as the
     gateway does (batched, the int8 encoder's scores shift slightly with the rest of the batch); with a progress

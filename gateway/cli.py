@@ -73,7 +73,8 @@ def audit(
         f"--sure-cost, fitted on the router's probabilities for the eval prompts ({SURE_MIN:g} when no router is "
         f"trained yet)."))] = None,
     sure_cost: Annotated[float, typer.Option("--sure-cost", min=0.0, max=1.0, help=(
-        "Expected relative NLL loss a sure-only adapter may cost any other eval set (per-route thresholds)."))] = SURE_COST,
+        "Expected relative NLL loss a sure-only adapter may cost any other eval set (per-route thresholds; with "
+        "--candidate, the re-check of the other routes' thresholds after adoption)."))] = SURE_COST,
     sure_routes: Annotated[bool, typer.Option("--sure-routes/--no-sure-routes", help=(
         "--no-sure-routes: flagged adapters never serve (the base takes their routes)."))] = True,
     url: Annotated[Optional[str], typer.Option("--url", help="Score on a running vLLM instead of starting one.")] = None,
@@ -113,7 +114,8 @@ def audit(
         return
     from deploy.candidate import audit_candidate
 
-    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit, gateway, headers)
+    verdict = audit_candidate(cfg, candidate, eval_dir, out, route, limit, forgetting_limit, url, task_limit, gateway, headers,
+                              sure_cost)
     name = verdict.report["candidate"]
     if not verdict.adopted:
         typer.echo(f"rejected '{name}': {verdict.reason}; unloaded from vLLM, routing table unchanged")

@@ -230,7 +230,15 @@ def _candidate_setup(tmp_path, shared, example_router, vllm):
     _head(shared / "adapters" / "general" / "eval.jsonl", evals / "general" / "eval.jsonl", 5)
     _head(shared / "adapters" / "general" / "chat.jsonl", evals / "general" / "chat.jsonl", 3)
     table = tmp_path / "table.json"
-    table.write_text(json.dumps({"routes": {"legal": "legal", "general": "smollm2"}}))
+    # as an audit would write it for this router: the legal adapter forgets (it costs math prompts 30 % against the
+    # base), so it serves legal only when the router is at least 60 % sure
+    from classifier.routers.embedding import EmbeddingRouter
+
+    table.write_text(json.dumps({
+        "routes": {"legal": "smollm2", "math": "smollm2", "general": "smollm2"}, "flagged": ["legal"],
+        "sure": {"legal": "legal"}, "sure_mins": {"legal": 0.6},
+        "sure_router": EmbeddingRouter.load(example_router).fingerprint(),
+        "quality": {"math": {"smollm2": 0.0, "legal": -0.3}}}))
     cfg_path = tmp_path / "routes.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "base": {"name": "smollm2"},
@@ -308,8 +316,15 @@ def test_candidate_good_is_adopted_bad_is_rejected(vllm, shared, tmp_path, examp
             assert "adopted 'math-v2' for route 'math'" in r.stdout and "math-v2" in _served(vllm)
             assert f"gateway at {live.url} reloaded" in r.stdout
             doc = json.loads(table.read_text())
-            assert doc["routes"]["math"] == "math-v2" and doc["routes"]["legal"] == "legal"
+            assert doc["routes"]["math"] == "math-v2" and doc["routes"]["legal"] == "smollm2"
             assert doc["adopted"]["math-v2"]["route"] == "math" and doc["quality"]["math"]["math-v2"] > 0
+            # the sure-only legal route was re-checked on the math prompts against math-v2, which does better on
+            # them than the base: legal's 30 % loss against the base is a larger one against math-v2
+            refit = report["sure_refit"]["legal"]
+            assert refit["loss"] == pytest.approx(1.3 / (1 - doc["quality"]["math"]["math-v2"]) - 1, abs=1e-5)
+            assert refit["before"] == 0.6 and refit["prompts"] == 5 and refit["after"] >= 0.6
+            assert doc["sure"] == {"legal": "legal"} and doc["sure_mins"] == {"legal": refit["after"]}
+            assert "sure-only route 'legal': threshold" in r.stdout and "on math's 5 prompts" in r.stdout
             assert "math-v2" in app.state.gateway.adapters and app.state.gateway.candidates == set()
 
         # a gateway started afterwards serves the adopted adapter for the math route, under both policies

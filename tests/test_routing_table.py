@@ -180,6 +180,36 @@ def test_sure_thresholds_count_other_domains_prompts_against_the_model_that_serv
     assert table.routes["math"] == "base" and table.sure_mins == {"legal": 0.5}
 
 
+def test_adopting_a_better_model_raises_the_other_routes_sure_thresholds():
+    """`audit --candidate`: once a better model serves math, a legal adapter that forgets costs math prompts more;
+    legal's bar is re-checked on the math prompts and ends where an audit of the new table would have put it."""
+    from deploy.sure_thresholds import refit_for_new_model
+
+    general = [{"general": 0.9, "legal": 0.1}] * 100
+    math = [{"math": 0.9, "legal": 0.1}] * 98 + [{"legal": 0.8, "math": 0.2}] * 2
+    probs = {"general": general, "math": math, "legal": [{"legal": 0.99}] * 100}
+    flat = {m: {**row, "math": 1.0 if m != "legal" else 1.1} for m, row in MATRIX.items()}
+    table, _ = build_table(flat, "base", ["legal", "math", "finance"], ["legal", "math", "finance", "general"],
+                           ["general"], 0.02, fallback="general", set_probs=probs, sure_cost=0.005, router_fp="r1")
+    assert table.routes["math"] == "base" and table.sure_mins == {"legal": 0.5}  # legal costs math 10 % vs the base
+    # a candidate 20 % better than the base on math is adopted (what deploy/candidate.py writes) ...
+    table.routes["math"] = "math-v2"
+    table.quality["math"]["math-v2"] = 0.2
+    changes = refit_for_new_model(table, "math", math, cost=0.005)
+    # ... against it legal's 1.1 is 37.5 % worse, and 2 % x 37.5 % > 0.5 %: the bar rises to 0.81, as in the audit
+    # of the matrix where the math adapter (0.8) serves math
+    assert changes == {"legal": {"adapter": "legal", "before": 0.5, "after": 0.81, "loss": 0.375, "share": 0.0,
+                                 "prompts": 100}}
+    assert table.sure == {"legal": "legal"} and table.sure_mins == {"legal": 0.81}
+    assert table.model_for("legal", 0.8, "r1") == "base" and table.model_for("legal", 0.81, "r1") == "legal"
+    # a bar only rises: with no math prompt near legal the fitted 0.81 stays
+    assert refit_for_new_model(table, "math", [{"math": 1.0}] * 100, cost=0.005)["legal"]["after"] == 0.81
+    # when a fifth of the math prompts are all but certain to be legal, no threshold is safe: the route goes
+    lost = [{"legal": 0.995, "math": 0.005}] * 20 + [{"math": 1.0}] * 80
+    assert refit_for_new_model(table, "math", lost, cost=0.005)["legal"]["after"] is None
+    assert table.sure == {} and table.sure_mins == {} and table.model_for("legal", 0.999, "r1") == "base"
+
+
 def test_another_model_takes_a_route_only_when_it_wins_on_most_items():
     routes = ["legal", "finance", "general"]
     # finance's adapter beats the legal route's default (the base) by 10 % on average ...
