@@ -291,7 +291,7 @@ def cached_scores(regimes: list[Regime], base_dir: Path, report_items: list[Eval
     from benchmarks import score_cache
 
     rows = [[it.column, it.row] for it in report_items] + [["audit", it.row] for it in audit_items]
-    keys = {rg.name: score_cache.regime_key(rg.recipe(), scorer_id(rg.scorer), base_dir,
+    keys = {rg.name: score_cache.regime_key(rg.identity(), scorer_id(rg.scorer), base_dir,
                                             [rg.adapter_dir(n) for n in [*DOMAINS, "mixed"]], rows, checkable)
             for rg in regimes}
     out = {} if rescore else {rg.name: got for rg in regimes if (got := score_cache.load(rg.name, keys[rg.name]))}

@@ -164,3 +164,18 @@ def test_score_cache_key_follows_the_models_and_items(tmp_path):
     assert key([{"text": "a"}]) != k and score_cache.load("light", key([{"text": "a"}]), cache) is None
     (cache / f"light-{k}.json").write_text("{damaged")
     assert score_cache.load("light", k, cache) is None
+
+
+def test_regime_recipe_says_how_chats_were_cut_and_keys_follow_it():
+    from dataclasses import replace
+
+    from benchmarks.forgetting_regimes import AGGRESSIVE, LIGHT
+
+    # every regime's recipe (forgetting.json's "train") names the truncation; only "end", the behaviour from
+    # before the field existed, is left out of the cache keys, so the committed adapters' scores stay cached
+    assert LIGHT.recipe()["truncate"] == "end" and "truncate" not in LIGHT.identity()
+    assert AGGRESSIVE.recipe()["truncate"] == AGGRESSIVE.identity()["truncate"] == "prompt"
+    assert replace(AGGRESSIVE, truncate="end").key() != AGGRESSIVE.key()
+    assert replace(LIGHT, truncate="prompt").key() != LIGHT.key()
+    assert "lose their end" in LIGHT.describe() and "lose their start" in AGGRESSIVE.describe()
+    assert AGGRESSIVE.recipe(mixed=True)["steps"] == 5 * AGGRESSIVE.steps
