@@ -180,6 +180,43 @@ def test_sure_thresholds_count_other_domains_prompts_against_the_model_that_serv
     assert table.routes["math"] == "base" and table.sure_mins == {"legal": 0.5}
 
 
+def test_sure_thresholds_hold_the_budget_for_each_set_as_a_whole():
+    """Two sure-only adapters that each cost the general set 0.4 % would cost it 0.8 % together: the budget is the
+    set's, so one bar rises, the one whose own domain loses least by it."""
+    from deploy.sure_thresholds import fit_sure_thresholds
+
+    # 100 general prompts: 2 reach legal at 0.6, 2 reach medical at 0.7; each adapter loses 20 % on general
+    general = [{"general": 0.9}] * 96 + [{"legal": 0.6, "general": 0.4}] * 2 + [{"medical": 0.7, "general": 0.3}] * 2
+    loss = {"legal": {"general": 0.2}, "medical": {"general": 0.2}}
+    sure = {"legal": "legal", "medical": "medical"}
+    sure_legal = [{"legal": 0.99}] * 100
+    unsure_legal = [{"legal": 0.55}] * 50 + [{"legal": 0.99}] * 50
+    sure_medical = [{"medical": 0.99}] * 100
+    unsure_medical = [{"medical": 0.65}] * 50 + [{"medical": 0.99}] * 50
+
+    def spent(fitted):
+        return sum(sum(1 for p in general if p.get(r, 0.0) >= t) / 100 * 0.2
+                   for r, t in fitted.items() if t is not None)
+
+    # alone, each fits at 0.5 (2 % x 20 % = 0.4 % <= 0.5 %)
+    assert fit_sure_thresholds({"legal": "legal"}, {"general": general}, loss, 0.005) == {"legal": 0.5}
+    assert fit_sure_thresholds({"medical": "medical"}, {"general": general}, loss, 0.005) == {"medical": 0.5}
+    # together: medical's own prompts are all sure, so raising medical past 0.7 costs it nothing
+    both = fit_sure_thresholds(sure, {"general": general, "legal": unsure_legal, "medical": sure_medical}, loss, 0.005)
+    assert both == {"legal": 0.5, "medical": 0.71} and spent(both) <= 0.005
+    # the other way round, legal gives up nothing by rising past 0.6, medical would lose half its domain
+    both = fit_sure_thresholds(sure, {"general": general, "legal": sure_legal, "medical": unsure_medical}, loss, 0.005)
+    assert both == {"legal": 0.61, "medical": 0.5} and spent(both) <= 0.005
+    # a budget that fits both as they are changes nothing
+    assert fit_sure_thresholds(sure, {"general": general}, loss, 0.008) == {"legal": 0.5, "medical": 0.5}
+    # a floor is kept: a threshold never starts below it
+    assert fit_sure_thresholds(sure, {"general": general}, loss, 0.008, floors={"legal": 0.9}) == \
+        {"legal": 0.9, "medical": 0.5}
+    # when no bar of either keeps the set in budget, both routes lose their sure-only adapter
+    certain = [{"legal": 0.999}] * 10 + [{"medical": 0.999}] * 10 + [{"general": 1.0}] * 80
+    assert fit_sure_thresholds(sure, {"general": certain}, loss, 0.005) == {"legal": None, "medical": None}
+
+
 def test_adopting_a_better_model_raises_the_other_routes_sure_thresholds():
     """`audit --candidate`: once a better model serves math, a legal adapter that forgets costs math prompts more;
     legal's bar is re-checked on the math prompts and ends where an audit of the new table would have put it."""
@@ -208,6 +245,14 @@ def test_adopting_a_better_model_raises_the_other_routes_sure_thresholds():
     lost = [{"legal": 0.995, "math": 0.005}] * 20 + [{"math": 1.0}] * 80
     assert refit_for_new_model(table, "math", lost, cost=0.005)["legal"]["after"] is None
     assert table.sure == {} and table.sure_mins == {} and table.model_for("legal", 0.999, "r1") == "base"
+
+    # two sure-only routes whose adapters each fit math's budget alone but not together: one bar rises
+    table.sure, table.sure_mins = {"legal": "legal", "finance": "finance"}, {"legal": 0.5, "finance": 0.5}
+    table.quality["math"].update({"legal": -0.1, "finance": -0.1})  # each 37.5 % worse than math-v2
+    near = [{"legal": 0.6, "math": 0.4}] + [{"finance": 0.7, "math": 0.3}] + [{"math": 1.0}] * 98
+    changes = refit_for_new_model(table, "math", near, cost=0.005)  # 1 % x 37.5 % each, 0.75 % together
+    assert changes["finance"]["after"] == 0.5 and changes["legal"]["after"] == 0.61
+    assert table.sure_mins == {"legal": 0.61, "finance": 0.5}
 
 
 def test_another_model_takes_a_route_only_when_it_wins_on_most_items():
