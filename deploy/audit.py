@@ -21,7 +21,7 @@ from deploy.sure_thresholds import fit_sure_thresholds, route_probs
 from gateway.routing_table import SURE_MIN, RoutingTable
 
 GENERAL_COLUMNS = {"general": "general/eval.jsonl", "general_chat": "general/chat.jsonl", "wikitext": "general/text.jsonl"}
-#: default expected relative NLL loss a sure-only adapter may cost any other eval set (deploy/sure_thresholds.py)
+#: default expected relative NLL loss the sure-only adapters together may cost any other eval set (deploy/sure_thresholds.py)
 SURE_COST = 0.005
 #: significance a model needs to take a route from its default (sign test over the route's eval items), for the
 #: table as a whole: each route is one more chance for a lucky challenger, so a single route's test uses
@@ -98,9 +98,9 @@ def build_table(matrix: dict[str, dict[str, float]], base: str, adapters: list[s
     adapter (general ones, and other domains'), and the router rarely gives them such a probability for the
     adapter's route. Given the router's probabilities on the prompts of every eval set (`set_probs`: set -> one
     dict per prompt, for the router with fingerprint `router_fp`), each such route gets its own threshold
-    instead: the lowest at which the expected loss on every other set stays within `sure_cost`, measured against
-    the model that serves that set otherwise (deploy/sure_thresholds.py); a route no threshold makes safe gets no
-    sure-only adapter.
+    instead, fitted so that the expected loss the sure-only adapters together bring every other set stays within
+    `sure_cost`, measured against the model that serves that set otherwise (deploy/sure_thresholds.py); a route no
+    threshold makes safe gets no sure-only adapter.
 
     Given per-item NLLs (`item_nlls`: model -> column -> per-token NLL of each item), a model other than the
     route's default takes the route only if it is also better on significantly many items (one-sided sign test,

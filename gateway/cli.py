@@ -73,7 +73,7 @@ def audit(
         f"--sure-cost, fitted on the router's probabilities for the eval prompts ({SURE_MIN:g} when no router is "
         f"trained yet)."))] = None,
     sure_cost: Annotated[float, typer.Option("--sure-cost", min=0.0, max=1.0, help=(
-        "Expected relative NLL loss a sure-only adapter may cost any other eval set (per-route thresholds; with "
+        "Expected relative NLL loss the sure-only adapters together may cost any other eval set (per-route thresholds; with "
         "--candidate, the re-check of the other routes' thresholds after adoption)."))] = SURE_COST,
     sure_routes: Annotated[bool, typer.Option("--sure-routes/--no-sure-routes", help=(
         "--no-sure-routes: flagged adapters never serve (the base takes their routes)."))] = True,
