@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from classifier.errors import InputError, exit_on_input_error
+from classifier.errors import InputError, check_output_dir, exit_on_input_error
 
 app = typer.Typer(help="Reproducible benchmarks; results go to benchmarks/results/.", no_args_is_help=True)
 
@@ -26,6 +26,7 @@ def routing(
     """Routers compared on held-out source families: accuracy, macro-F1, fallback P/R, ECE, latency."""
     from benchmarks.routing import ADAPTER_DATA, DEV, RESULTS, run
 
+    check_output_dir(out or RESULTS)
     files = data or [DEV]
     for f in files:
         if not f.is_file():
@@ -53,6 +54,7 @@ def overhead(
     """Latency the gateway adds in front of real vLLM, and its requests/s in front of an instant upstream."""
     from benchmarks.overhead import RESULTS, run
 
+    check_output_dir(out or RESULTS)
     r = run(config, concurrency=concurrency, waves=waves, rps_seconds=rps_seconds, out_dir=out or RESULTS)
     typer.echo(f"added p50 {r['added_p50_ms']:.1f} ms, p99 {r['added_p99_ms']:.1f} ms at {r['concurrency']} streams; "
                f"gateway {r['gateway_rps']:.0f} req/s vs instant upstream")
@@ -75,6 +77,7 @@ def forgetting(
     from benchmarks.forgetting import RESULTS, run
 
     out_dir = out or (RESULTS / "quick" if quick else RESULTS)
+    check_output_dir(out_dir)
     doc = run(quick=quick, out_dir=out_dir, n_report=items, forgetting_limit=forgetting_limit, tasks=tasks,
               rescore=rescore)
     for name, r in doc["regimes"].items():
@@ -102,6 +105,7 @@ def reliability(
 
     if not config.is_file():
         raise InputError(f"{config}: config file not found")
+    check_output_dir(out or RESULTS)
     if only_fuzz:
         r = refuzz(config, fuzz_cases, out or RESULTS)
         typer.echo(f"fuzz: {r['fuzz_cases']} cases, {r['fuzz_failures']} failures; wrote {(out or RESULTS) / 'reliability.md'}")

