@@ -278,10 +278,11 @@ def run(quick: bool = False, shared: Path = SHARED, out_dir: Path = RESULTS, n_r
 
 def scorer_id(scorer: str) -> str:
     """What computes a regime's scores, for the score cache: vLLM's dtype is part of it (bfloat16 and float32
-    scores differ, and `vllm.dtype: auto` picks by CPU)."""
+    scores differ, and `vllm.dtype: auto` picks by CPU); peft's scores come from merged weights (deploy/scoring.py),
+    whose last digits differ from the unmerged model's."""
     from deploy.vllm_server import cpu_dtype
 
-    return f"vllm:{cpu_dtype()}" if scorer == "vllm" else scorer
+    return f"vllm:{cpu_dtype()}" if scorer == "vllm" else "peft-merged" if scorer == "peft" else scorer
 
 
 def cached_scores(regimes: list[Regime], base_dir: Path, report_items: list[EvalItem], audit_items: list[EvalItem],
