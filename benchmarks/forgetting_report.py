@@ -73,7 +73,7 @@ def markdown(doc: dict) -> str:
              f"trained on {doc['router']['data']}.", "",
              "Rows: `base`; `adapter:<d>` alone; `mixed` = one LoRA on all five domains with the same total budget; "
              "`routed` = router top-1 → the audit's quality-gated table (a flagged adapter that wins its own domain serves it only "
-             "when the router is sure enough: per route, the lowest probability at which the prompts of the other columns that "
+             "when the router is sure enough: per route, a probability fitted so that the prompts of the other columns that "
              f"are not reported would cost each of those columns at most {SURE_COST:.1%}, all sure-only adapters' losses "
              "added up); `routed_expected` = "
              "expected-quality policy; "
