@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, run_cli
 
 from classifier import EmbeddingRouter, InputError
 from classifier.encoders import build_encoder
@@ -71,6 +72,50 @@ def test_onnx_encoders_match_sentence_transformers():
     int8 = build_encoder("onnx-int8").encode(texts)
     assert np.all((fp32 * ref).sum(1) > 0.999)
     assert np.all((int8 * ref).sum(1) > 0.95)
+
+
+def _encoder_without_token_types(path):
+    """A tiny DistilBERT (random weights, MiniLM's tokenizer and pooling): an encoder whose forward takes no
+    token_type_ids, like MPNet's (all-mpnet-base-v2)."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from classifier.encoders import default_model_dir
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=512)
+    DistilBertModel(cfg).eval().save_pretrained(path)
+    mini = default_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json"):
+        shutil.copy(mini / name, path / name)
+    shutil.copytree(mini / "1_Pooling", path / "1_Pooling")
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    return path
+
+
+def test_encoders_without_token_type_ids_work_on_every_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    model = _encoder_without_token_types(tmp_path / "distil")
+    texts = ["How do I reverse a linked list?", "The patient presents with chest pain " * 20, "hi"]
+    ref = build_encoder("sentence-transformers", model).encode(texts)
+    fp32 = build_encoder("onnx", model).encode(texts)
+    int8 = build_encoder("onnx-int8", model)
+    assert fp32.shape == ref.shape == (3, 32)
+    assert np.all((fp32 * ref).sum(1) > 0.999)
+    assert np.all((int8.encode(texts) * ref).sum(1) > 0.9)
+    assert {i.name for i in int8.session.get_inputs()} == {"input_ids", "attention_mask"}
+    # and the default (BERT) encoder's graph still takes token types
+    assert "token_type_ids" in {i.name for i in build_encoder("onnx-int8").session.get_inputs()}
+
+
+def test_route_train_with_an_encoder_without_token_type_ids(tmp_path):
+    model = _encoder_without_token_types(tmp_path / "distil")
+    env = {"FORGETLESS_CACHE": str(tmp_path / "cache")}
+    r = run_cli("route", "train", "--data", EXAMPLES, "--encoder-model", model, "--out", tmp_path / "r", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r" / "router.json").read_text())["encoder"]["dim"] == 32
+    r = run_cli("route", "predict", "--router", tmp_path / "r", "--encoder-model", model, "Is this contract valid?", env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_length_batches_keep_long_prompts_out_of_short_batches():

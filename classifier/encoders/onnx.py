@@ -6,6 +6,7 @@ The export happens once per model (about 2 s) and is cached under $FORGETLESS_CA
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from functools import cached_property
@@ -33,27 +34,28 @@ def export_onnx(model_dir: Path, out: Path, quantize: bool) -> Path:
     from transformers import AutoModel
 
     base = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    # BERT-style encoders take token_type_ids, others (MPNet, DistilBERT, ...) do not
+    names = [n for n in _INPUTS if n in inspect.signature(base.forward).parameters]
 
     class _LastHidden(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+        def forward(self, *tensors):
+            return self.m(**dict(zip(names, tensors))).last_hidden_state
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         fp32 = Path(tmp) / "model.onnx"
         ids = torch.ones(2, 8, dtype=torch.long)
-        axes = {k: {0: "batch", 1: "seq"} for k in (*_INPUTS, "last_hidden_state")}
+        example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        axes = {k: {0: "batch", 1: "seq"} for k in (*names, "last_hidden_state")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _LastHidden(base), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(fp32),
-                input_names=list(_INPUTS), output_names=["last_hidden_state"], dynamic_axes=axes,
+                _LastHidden(base), tuple(example[n] for n in names), str(fp32),
+                input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes,
                 opset_version=17, dynamo=False,
             )
         final = fp32
@@ -98,6 +100,11 @@ class OnnxEncoder(Encoder):
         return ort.InferenceSession(str(self.onnx_path), so, providers=["CPUExecutionProvider"])
 
     @cached_property
+    def _input_names(self) -> frozenset[str]:
+        """The inputs the exported graph takes (no token_type_ids for MPNet-like encoders, or when unused)."""
+        return frozenset(i.name for i in self.session.get_inputs())
+
+    @cached_property
     def tokenizer(self):
         from tokenizers import Tokenizer
 
@@ -117,8 +124,8 @@ class OnnxEncoder(Encoder):
             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
         }
-        hidden = self.session.run(None, feed)[0]
         mask = feed["attention_mask"][..., None].astype(np.float32)
+        hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self._input_names})[0]
         return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
 
 
