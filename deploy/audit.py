@@ -163,13 +163,11 @@ def wins_consistently(item_nlls: dict[str, dict[str, list[float]]], challenger: 
 def eval_route_probs(cfg, columns: list[Column], log=print):
     """(eval set -> the configured router's probabilities for each prompt of its whole file, the router's
     fingerprint), or None when there is no trained router yet (sure-only routes then use the fixed threshold)."""
-    from classifier.routers.embedding import EmbeddingRouter
-
     path = cfg.router.path
     if not (Path(path) / "router.json").is_file():
         log(f"no router at {path} yet: sure-only routes use the fixed threshold (train the router, then audit again)")
         return None
-    router = EmbeddingRouter.load(path)
+    router = cfg.router.load_router()
     probs = route_probs(router, {c.name: c.every_row for c in columns})
     log(f"sure-only thresholds fitted on {sum(map(len, probs.values()))} prompts of {len(probs)} eval sets "
         f"(router {router.fingerprint()})")

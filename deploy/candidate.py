@@ -136,13 +136,12 @@ def refit_sure(cfg, table: RoutingTable, route: str, column, sure_cost: float, l
     """The other sure-only routes' thresholds, re-checked on `route`'s whole eval file now that a better model serves
     it (deploy/sure_thresholds.py); only thresholds fitted for the configured router are (a fixed --sure-min, or
     thresholds of another router, are not fitted on prompts at all)."""
-    from classifier.routers.embedding import EmbeddingRouter
     from deploy.sure_thresholds import refit_for_new_model, route_probs
 
     others = [r for r in table.sure if r != route]
     if not others or table.sure_router is None or not (Path(cfg.router.path) / "router.json").is_file():
         return {}
-    router = EmbeddingRouter.load(cfg.router.path)
+    router = cfg.router.load_router()
     if router.fingerprint() != table.sure_router:
         return {}
     changes = refit_for_new_model(table, route, route_probs(router, {route: column.every_row})[route], sure_cost)

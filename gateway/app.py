@@ -10,6 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from classifier.data import load_training_examples
+from classifier.encoders import DEFAULT_BACKEND, build_encoder
 from classifier.errors import InputError
 from classifier.routers.embedding import RECIPE, EmbeddingRouter
 from classifier.topics import resolve_topics
@@ -38,8 +39,9 @@ def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
         given = {k: v for k, v in cfg.route_topics().items() if k in ex.label_set}
         topics, said = resolve_topics(ex.label_set, given, fallback=cfg.route_descriptions(), required=False)
         log(said)
-        EmbeddingRouter.fit(ex, cfg.router.fallback, descriptions=topics, builtin_topics=False).save(path)
-    router = EmbeddingRouter.load(path)
+        encoder = build_encoder(DEFAULT_BACKEND, cfg.router.encoder_model)
+        EmbeddingRouter.fit(ex, cfg.router.fallback, encoder, descriptions=topics, builtin_topics=False).save(path)
+    router = cfg.router.load_router()
     if ex is not None:
         trained = router.meta.get("training", {})
         if trained.get("data_sha256") != ex.sha256 or trained.get("recipe") != RECIPE:

@@ -51,6 +51,9 @@ class AdapterConfig(_Strict):
 
 class RouterConfig(_Strict):
     path: Path
+    #: the encoder as a local sentence-transformers directory (default: the bundled all-MiniLM-L6-v2); a router
+    #: trained with another encoder (`route train --encoder-model DIR`) loads only with the same one here
+    encoder_model: Path | None = None
     #: when the router directory does not exist yet, train it from this labelled JSONL at start-up
     train_data: Path | None = None
     fallback: str = "general"
@@ -66,6 +69,12 @@ class RouterConfig(_Strict):
     #: topic lines (or one description line) of routes without an adapter entry, the fallback say; they feed
     #: the router's zero-shot part when it is trained at start-up
     descriptions: dict[str, str | list[str]] = {}
+
+    def load_router(self, path: Path | None = None):
+        """The trained router at `path` (default: this config's), on this config's encoder."""
+        from classifier.routers.embedding import EmbeddingRouter
+
+        return EmbeddingRouter.load(path or self.path, encoder_model=self.encoder_model)
 
 
 class Timeouts(_Strict):
@@ -222,6 +231,9 @@ def load_config(path: str | Path) -> RoutesConfig:
     cfg.router.path = _resolve(cfg.router.path, root)
     cfg.router.train_data = _resolve(cfg.router.train_data, root)
     cfg.router.table = _resolve(cfg.router.table, root)
+    cfg.router.encoder_model = _resolve(cfg.router.encoder_model, root)
+    if cfg.router.encoder_model is not None and not cfg.router.encoder_model.is_dir():
+        raise InputError(f"{path}: router.encoder_model: {cfg.router.encoder_model} is not a directory")
     if not cfg.base.path.startswith("builtin:"):
         cfg.base.path = str(_resolve(Path(cfg.base.path), root))
     add_adopted_adapters(cfg)

@@ -43,6 +43,28 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
                           env={**os.environ, **(env or {})})
 
 
+def encoder_without_token_types(path: Path) -> Path:
+    """A tiny DistilBERT (random weights, MiniLM's tokenizer and pooling): an encoder whose forward takes no
+    token_type_ids, like MPNet's (all-mpnet-base-v2)."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from classifier.encoders import default_model_dir
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=512)
+    DistilBertModel(cfg).eval().save_pretrained(path)
+    mini = default_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json"):
+        shutil.copy(mini / name, path / name)
+    shutil.copytree(mini / "1_Pooling", path / "1_Pooling")
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, run_cli
+from conftest import EXAMPLES, encoder_without_token_types, run_cli
 
 from classifier import EmbeddingRouter, InputError
 from classifier.encoders import build_encoder
@@ -74,28 +74,9 @@ def test_onnx_encoders_match_sentence_transformers():
     assert np.all((int8 * ref).sum(1) > 0.95)
 
 
-def _encoder_without_token_types(path):
-    """A tiny DistilBERT (random weights, MiniLM's tokenizer and pooling): an encoder whose forward takes no
-    token_type_ids, like MPNet's (all-mpnet-base-v2)."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertModel
-
-    from classifier.encoders import default_model_dir
-
-    torch.manual_seed(0)
-    cfg = DistilBertConfig(vocab_size=30522, dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=512)
-    DistilBertModel(cfg).eval().save_pretrained(path)
-    mini = default_model_dir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json"):
-        shutil.copy(mini / name, path / name)
-    shutil.copytree(mini / "1_Pooling", path / "1_Pooling")
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
-    return path
-
-
 def test_encoders_without_token_type_ids_work_on_every_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
-    model = _encoder_without_token_types(tmp_path / "distil")
+    model = encoder_without_token_types(tmp_path / "distil")
     texts = ["How do I reverse a linked list?", "The patient presents with chest pain " * 20, "hi"]
     ref = build_encoder("sentence-transformers", model).encode(texts)
     fp32 = build_encoder("onnx", model).encode(texts)
@@ -109,7 +90,7 @@ def test_encoders_without_token_type_ids_work_on_every_backend(tmp_path, monkeyp
 
 
 def test_route_train_with_an_encoder_without_token_type_ids(tmp_path):
-    model = _encoder_without_token_types(tmp_path / "distil")
+    model = encoder_without_token_types(tmp_path / "distil")
     env = {"FORGETLESS_CACHE": str(tmp_path / "cache")}
     r = run_cli("route", "train", "--data", EXAMPLES, "--encoder-model", model, "--out", tmp_path / "r", env=env)
     assert r.returncode == 0, r.stderr

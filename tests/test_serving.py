@@ -14,7 +14,9 @@ import time
 import httpx
 import pytest
 import yaml
-from conftest import DEMO_CONFIG, REPO, free_port, run_cli
+from conftest import DEMO_CONFIG, REPO, encoder_without_token_types, free_port, run_cli
+
+from classifier.errors import InputError
 
 ADAPTERS = ["legal", "medical", "code", "math", "finance"]
 PROMPTS = {
@@ -259,6 +261,26 @@ def test_router_trained_at_start_up_reads_topics_then_builtin_then_description(t
     assert topics["medical"] == BUILTIN_TOPICS["medical"]
     assert router.head.prototypes.shape[0] == sum(len(v) for v in topics.values())
     assert any(s.startswith("zero-shot topics") for s in said), said
+
+
+def test_router_encoder_model_from_routes_yaml(tmp_path, monkeypatch):
+    """router.encoder_model: the router trained at start-up uses that encoder, and loading it again needs it; the
+    same router under a config without it fails with one line naming the encoder; a missing directory is refused."""
+    from gateway.app import load_or_train_router
+    from gateway.config import load_config
+
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    model = encoder_without_token_types(tmp_path / "distil")
+    cfg = load_config(_config(tmp_path, lambda d: d["router"].update(encoder_model=str(model))))
+    router = load_or_train_router(cfg, log=lambda s: None)
+    assert router.encoder.model_dir == model and router.encoder.dim == 32
+    assert json.loads((tmp_path / "router" / "router.json").read_text())["encoder"]["dim"] == 32
+    again = cfg.router.load_router()
+    assert again.decide("Is this clause enforceable?").route == router.decide("Is this clause enforceable?").route
+    with pytest.raises(InputError, match="trained with encoder"):
+        load_or_train_router(load_config(_config(tmp_path, lambda d: None)), log=lambda s: None)
+    with pytest.raises(InputError, match=r"router\.encoder_model: .*nowhere is not a directory"):
+        load_config(_config(tmp_path, lambda d: d["router"].update(encoder_model=str(tmp_path / "nowhere"))))
 
 
 def test_a_route_without_any_lines_trains_without_zero_shot(tmp_path):
