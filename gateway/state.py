@@ -41,9 +41,9 @@ class GatewayState:
         self.client: httpx.AsyncClient | None = None
         self.reload_lock = asyncio.Lock()
         self.gate = UpstreamGate()  # prompt-logprobs requests go to vLLM alone (gateway/upstream_gate.py)
-        # one thread decides routes, one request after another: the encoder already uses both cores for one
-        # text, and concurrent decisions contend (measured: 430 decisions/s from one thread, 170/s from four)
-        self.router_pool = ThreadPoolExecutor(1, thread_name_prefix="router")
+        # two threads decide routes: a text alone gets both cores, two at once one core each (the ONNX encoder's
+        # solo session); more would contend (measured: 430 decisions/s from one thread, 170/s from four)
+        self.router_pool = ThreadPoolExecutor(2, thread_name_prefix="router")
         # adapters under audit (`forgetless audit --candidate ... --gateway URL`): loaded in vLLM by the audit,
         # answered here only when named with the admin key, never routed to; the audit's scoring comes through the
         # gateway so that its prompt-logprobs requests are sent to vLLM alone

@@ -99,6 +99,39 @@ def test_route_train_with_an_encoder_without_token_type_ids(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
+def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
+    """The ONNX encoder: a single text encoded alone runs on the two-thread session; one that arrives while another
+    is being encoded runs on the one-thread session. Both give the same vectors as one after the other."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = build_encoder("onnx-int8")
+    texts = ["Is a verbal agreement binding?", "What are the symptoms of anemia?"]
+    alone = [enc.encode_one(t) for t in texts]
+    meet, used = threading.Barrier(2, timeout=60), []
+
+    class Meeting:  # each run waits until both texts are inside a session
+        def __init__(self, session, name):
+            self.session, self.name = session, name
+
+        def run(self, *args):
+            used.append(self.name)
+            meet.wait()
+            return self.session.run(*args)
+
+    enc.__dict__["session"] = Meeting(enc.session, "two threads")
+    enc.__dict__["solo_session"] = Meeting(enc.solo_session, "one thread")
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(enc.encode_one, texts))
+    assert sorted(used) == ["one thread", "two threads"]
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+    used.clear()
+    enc.__dict__["session"] = enc.session.session
+    enc.encode_one(texts[0])
+    assert used == []  # alone again: the two-thread session (the real one now), not the solo one
+
+
 def test_length_batches_keep_long_prompts_out_of_short_batches():
     from classifier.encoders.base import length_batches
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -78,6 +79,8 @@ class OnnxEncoder(Encoder):
         if not (self.model_dir / "tokenizer.json").is_file():
             raise InputError(f"{self.model_dir}: no tokenizer.json (a fast tokenizer is needed for ONNX)")
         self.threads = threads or min(2, os.cpu_count() or 1)
+        self._singles = 0  # single texts being encoded right now (several threads may decide at once)
+        self._singles_lock = threading.Lock()
 
     @cached_property
     def onnx_path(self) -> Path:
@@ -89,10 +92,21 @@ class OnnxEncoder(Encoder):
 
     @cached_property
     def session(self):
+        return self._new_session(self.threads)
+
+    @cached_property
+    def solo_session(self):
+        """One-thread session for a single text encoded while another one is: two texts at once, one core each,
+        beat taking turns on both cores (requests/s with every prompt new, gateway in front of an instant
+        upstream: +25 %), while a text that runs alone keeps both cores (a ~200-token prompt takes 1.4x as
+        long on one)."""
+        return self._new_session(1)
+
+    def _new_session(self, threads: int):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
+        so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # no busy-waiting after a run: spinning ORT threads starve the numpy head and the event loop on 2 cores
@@ -117,7 +131,19 @@ class OnnxEncoder(Encoder):
     def dim(self) -> int:
         return int(self._encode_batch(["dimension probe"]).shape[1])
 
-    def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_one(self, text: str) -> np.ndarray:
+        with self._singles_lock:
+            alone = self._singles == 0
+            self._singles += 1
+        try:
+            vec = self._encode_batch([text], None if alone else self.solo_session)[0]
+        finally:
+            with self._singles_lock:
+                self._singles -= 1
+        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+    def _encode_batch(self, texts: Sequence[str], session=None) -> np.ndarray:
+        session = session or self.session
         enc = self.tokenizer.encode_batch(list(texts))
         feed = {
             "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
@@ -125,7 +151,7 @@ class OnnxEncoder(Encoder):
             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
         }
         mask = feed["attention_mask"][..., None].astype(np.float32)
-        hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self._input_names})[0]
+        hidden = session.run(None, {k: v for k, v in feed.items() if k in self._input_names})[0]
         return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
 
 
