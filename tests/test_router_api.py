@@ -132,6 +132,47 @@ def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
     assert used == []  # alone again: the two-thread session (the real one now), not the solo one
 
 
+def test_blas_limit_holds_while_any_thread_is_in_the_head():
+    """The head keeps BLAS to one thread while it computes. Two router threads overlap: the limit must hold until
+    the last one leaves, then come back to what it was."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from classifier.head import _one_blas_thread
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    np.ones((4, 4)) @ np.ones((4, 4))  # numpy's BLAS is loaded
+    before = blas_threads()
+    a_in, b_in, a_out, b_may_leave = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def a():
+        with _one_blas_thread():
+            a_in.set()
+            b_in.wait(30)
+        a_out.set()
+
+    def b():
+        a_in.wait(30)
+        with _one_blas_thread():
+            b_in.set()
+            a_out.wait(30)
+            seen["b after a left"] = blas_threads()
+            b_may_leave.wait(30)
+
+    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+    ta.start(), tb.start()
+    a_out.wait(30)
+    ta.join(30)
+    b_may_leave.set()
+    tb.join(30)
+    assert seen["b after a left"] == {1}
+    assert blas_threads() == before
+
+
 def test_length_batches_keep_long_prompts_out_of_short_batches():
     from classifier.encoders.base import length_batches
 
