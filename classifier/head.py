@@ -40,7 +40,9 @@ def _one_blas_thread():
     product and take the cores from ONNX Runtime's next run (measured: a batch of 64 decisions 83 → 64 ms).
     The limit is process-wide and the gateway decides on two threads, so the first thread in sets it and the last
     one out restores it (each setting and restoring its own would let one thread lift the limit under the other,
-    and leave it wrong). The controller is created on first use, when numpy's BLAS is loaded."""
+    and leave it wrong). OpenBLAS may ignore a limit set from a worker thread, so `forgetless serve`, whose router
+    decides on worker threads, sets one BLAS thread for its whole process (deploy/serve.py). The controller is
+    created on first use, when numpy's BLAS is loaded."""
     global _BLAS, _blas_users, _blas_limiter
     with _BLAS_LOCK:
         if _BLAS is None:

@@ -45,6 +45,16 @@ def server_config(app, cfg: RoutesConfig, **where):
                           timeout_keep_alive=cfg.gateway.keep_alive_timeout, timeout_graceful_shutdown=10)
 
 
+def keep_one_blas_thread() -> None:
+    """From here on this process's BLAS uses one thread. The gateway does BLAS only in the router's head, whose
+    products are small, and decides on worker threads: OpenBLAS ignores a limit set from a worker thread once the
+    main thread has set one (seen with scipy-openblas: the head's per-call limit read 2 threads inside a router
+    thread), so the limit is set here, on the main thread, for good."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
     import uvicorn
 
@@ -53,6 +63,7 @@ def serve(cfg: RoutesConfig, start_vllm: bool = True, log=print) -> None:
     secrets = Secrets()
     base_dir = resolve_base(cfg, log)
     router = load_or_train_router(cfg, log)  # fail fast, before vLLM's 35 s start
+    keep_one_blas_thread()
     if not port_free(cfg.gateway.host, cfg.gateway.port):
         raise InputError(f"gateway port {cfg.gateway.host}:{cfg.gateway.port} is already in use (set gateway.port or FORGETLESS_GATEWAY_PORT)")
     vllm = None

@@ -132,45 +132,66 @@ def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
     assert used == []  # alone again: the two-thread session (the real one now), not the solo one
 
 
-def test_blas_limit_holds_while_any_thread_is_in_the_head():
-    """The head keeps BLAS to one thread while it computes. Two router threads overlap: the limit must hold until
-    the last one leaves, then come back to what it was."""
+def test_blas_limit_holds_while_any_thread_is_in_the_head(monkeypatch):
+    """The head keeps BLAS to one thread while it computes; the limit is process-wide. Two router threads overlap:
+    it is set when the first comes in and restored only when the last one leaves (a fake controller records it)."""
     import threading
 
-    from threadpoolctl import threadpool_info
+    from classifier import head
 
-    from classifier.head import _one_blas_thread
+    calls = []
 
-    def blas_threads():
-        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    class Limiter:
+        def restore_original_limits(self):
+            calls.append("restore")
 
-    np.ones((4, 4)) @ np.ones((4, 4))  # numpy's BLAS is loaded
-    before = blas_threads()
-    a_in, b_in, a_out, b_may_leave = (threading.Event() for _ in range(4))
+    class Controller:
+        def limit(self, limits, user_api):
+            calls.append(f"limit {user_api} {limits}")
+            return Limiter()
+
+    monkeypatch.setattr(head, "_BLAS", Controller())
+    a_in, b_in, a_out, b_seen = (threading.Event() for _ in range(4))
     seen = {}
 
     def a():
-        with _one_blas_thread():
+        with head._one_blas_thread():
             a_in.set()
             b_in.wait(30)
         a_out.set()
 
     def b():
         a_in.wait(30)
-        with _one_blas_thread():
+        with head._one_blas_thread():
             b_in.set()
             a_out.wait(30)
-            seen["b after a left"] = blas_threads()
-            b_may_leave.wait(30)
+            seen["b after a left"] = list(calls)
+        b_seen.set()
 
-    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
-    ta.start(), tb.start()
-    a_out.wait(30)
-    ta.join(30)
-    b_may_leave.set()
-    tb.join(30)
-    assert seen["b after a left"] == {1}
-    assert blas_threads() == before
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen["b after a left"] == ["limit blas 1"]
+    assert calls == ["limit blas 1", "restore"]
+
+
+def test_serve_keeps_one_blas_thread_for_the_process():
+    """`serve` sets the one-thread BLAS limit on the main thread, for good (checked in a fresh process)."""
+    code = ("import numpy, scipy.linalg\n"
+            "from threadpoolctl import threadpool_info\n"
+            "from deploy.serve import keep_one_blas_thread\n"
+            "keep_one_blas_thread()\n"
+            "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))\n")
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[1]"
 
 
 def test_length_batches_keep_long_prompts_out_of_short_batches():
