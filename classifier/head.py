@@ -19,8 +19,6 @@ source families of the routing dev set (`forgetless bench routing`): macro-F1 0.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,37 +27,20 @@ from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
 _BLAS = None
-_BLAS_LOCK = threading.Lock()
-_blas_users = 0  # threads inside _one_blas_thread right now
-_blas_limiter = None
 
 
-@contextmanager
 def _one_blas_thread():
     """The head's products are small; with BLAS's default two threads, those threads keep spinning after each
     product and take the cores from ONNX Runtime's next run (measured: a batch of 64 decisions 83 → 64 ms).
-    The limit is process-wide and the gateway decides on two threads, so the first thread in sets it and the last
-    one out restores it (each setting and restoring its own would let one thread lift the limit under the other,
-    and leave it wrong). OpenBLAS may ignore a limit set from a worker thread, so `forgetless serve`, whose router
-    decides on worker threads, sets one BLAS thread for its whole process (deploy/serve.py). The controller is
-    created on first use, when numpy's BLAS is loaded."""
-    global _BLAS, _blas_users, _blas_limiter
-    with _BLAS_LOCK:
-        if _BLAS is None:
-            from threadpoolctl import ThreadpoolController
+    The controller is created on first use, when numpy's BLAS is loaded; entering its limit costs ~8 µs. This
+    limit is for single-threaded callers: OpenBLAS ignores one set from a worker thread, so `forgetless serve`,
+    whose router decides on worker threads, sets one BLAS thread for its whole process (deploy/serve.py)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
 
-            _BLAS = ThreadpoolController()
-        if _blas_users == 0:
-            _blas_limiter = _BLAS.limit(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def balanced_weights(y: list[str], groups: list[str] | None) -> np.ndarray | None:

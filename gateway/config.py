@@ -70,11 +70,11 @@ class RouterConfig(_Strict):
     #: the router's zero-shot part when it is trained at start-up
     descriptions: dict[str, str | list[str]] = {}
 
-    def load_router(self, path: Path | None = None):
-        """The trained router at `path` (default: this config's), on this config's encoder."""
+    def load_router(self):
+        """The trained router at `path`, on this config's encoder."""
         from classifier.routers.embedding import EmbeddingRouter
 
-        return EmbeddingRouter.load(path or self.path, encoder_model=self.encoder_model)
+        return EmbeddingRouter.load(self.path, encoder_model=self.encoder_model)
 
 
 class Timeouts(_Strict):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,9 +48,6 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
 def encoder_without_token_types(path: Path) -> Path:
     """A tiny DistilBERT (random weights, MiniLM's tokenizer and pooling): an encoder whose forward takes no
     token_type_ids, like MPNet's (all-mpnet-base-v2)."""
-    import json
-    import shutil
-
     import torch
     from transformers import DistilBertConfig, DistilBertModel
 

@@ -132,51 +132,6 @@ def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
     assert used == []  # alone again: the two-thread session (the real one now), not the solo one
 
 
-def test_blas_limit_holds_while_any_thread_is_in_the_head(monkeypatch):
-    """The head keeps BLAS to one thread while it computes; the limit is process-wide. Two router threads overlap:
-    it is set when the first comes in and restored only when the last one leaves (a fake controller records it)."""
-    import threading
-
-    from classifier import head
-
-    calls = []
-
-    class Limiter:
-        def restore_original_limits(self):
-            calls.append("restore")
-
-    class Controller:
-        def limit(self, limits, user_api):
-            calls.append(f"limit {user_api} {limits}")
-            return Limiter()
-
-    monkeypatch.setattr(head, "_BLAS", Controller())
-    a_in, b_in, a_out, b_seen = (threading.Event() for _ in range(4))
-    seen = {}
-
-    def a():
-        with head._one_blas_thread():
-            a_in.set()
-            b_in.wait(30)
-        a_out.set()
-
-    def b():
-        a_in.wait(30)
-        with head._one_blas_thread():
-            b_in.set()
-            a_out.wait(30)
-            seen["b after a left"] = list(calls)
-        b_seen.set()
-
-    threads = [threading.Thread(target=a), threading.Thread(target=b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert seen["b after a left"] == ["limit blas 1"]
-    assert calls == ["limit blas 1", "restore"]
-
-
 def test_serve_keeps_one_blas_thread_for_the_process():
     """`serve` sets the one-thread BLAS limit on the main thread, for good (checked in a fresh process)."""
     code = ("import numpy, scipy.linalg\n"

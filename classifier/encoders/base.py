@@ -53,8 +53,12 @@ class Encoder(ABC):
         return out / np.maximum(norms, 1e-12)
 
     def encode_one(self, text: str) -> np.ndarray:
-        vec = self._encode_batch([text])[0]
+        vec = self._encode_single(text)
         return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+    def _encode_single(self, text: str) -> np.ndarray:
+        """Unnormalised embedding of one text (a backend may run single texts differently from batches)."""
+        return self._encode_batch([text])[0]
 
     def identity(self) -> dict:
         """What a saved router must be used with: backend, model name and weights fingerprint, size."""
