@@ -8,6 +8,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def run_peers(X: np.ndarray, ex: Examples, families: np.ndarray, fallback: str) 
     if r.returncode != 0:
         raise InputError(f"semantic-router peer failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1][:300] if r.stderr.strip() else 'no output'}")
     return json.loads(r.stdout)
+
+
+def per_family(correct: np.ndarray, families: np.ndarray, y_pred: list[str]) -> dict:
+    """Held-out accuracy of each source family, and where its misrouted prompts went most often."""
+    out = {}
+    pred = np.array(y_pred, dtype=object)
+    for f in sorted(set(families)):
+        rows = families == f
+        wrong = Counter(pred[rows & ~correct])
+        out[f] = {"accuracy": float(correct[rows].mean()),
+                  **({"most_missed_to": wrong.most_common(1)[0][0]} if wrong else {})}
+    return out
 
 
 def coverage_curve(correct: np.ndarray, conf: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
@@ -154,7 +167,7 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         met = routing_metrics(ex.labels, y_pred, labels, fallback, confidence=confs[M.name])
         correct = np.array(y_pred, dtype=object) == np.array(ex.labels, dtype=object)
         met.update(p50_ms=float(np.median(times)), p99_ms=float(np.percentile(times, 99)),
-                   coverage_accuracy=coverage_curve(correct, confs[M.name]))
+                   coverage_accuracy=coverage_curve(correct, confs[M.name]), per_family=per_family(correct, families, y_pred))
         results[M.name] = met
     enc_ms = []
     for t in sample:
@@ -171,7 +184,7 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         q = np.array(d["query_ms"]) if d["query_ms"] else np.zeros(1)
         # the peer gets precomputed vectors: its decision latency = its own query time + the shared encoder's time
         met.update(p50_ms=float(np.median(q) + np.median(enc_ms)), p99_ms=float(np.percentile(q, 99) + np.percentile(enc_ms, 99)),
-                   coverage_accuracy=coverage_curve(correct, conf))
+                   coverage_accuracy=coverage_curve(correct, conf), per_family=per_family(correct, families, y_pred))
         results[name] = met
     from classifier.speed import measure
 
@@ -187,7 +200,10 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         "versions": {"python": platform.python_version(), "scikit-learn": version("scikit-learn"),
                      "onnxruntime": version("onnxruntime"), "forgetless": version("forgetless"),
                      "semantic-router": peer_version() or "not installed (make peers)"},
-        "methods": {k: {key: v[key] for key in ("accuracy", "macro_f1", "fallback_precision", "fallback_recall", "ece", "p50_ms", "p99_ms")}
+        "families": {f: {"n": int((families == f).sum()),
+                         "routes": sorted(set(np.array(ex.labels, dtype=object)[families == f]))} for f in fams},
+        "methods": {k: {key: v[key] for key in ("accuracy", "macro_f1", "fallback_precision", "fallback_recall", "ece", "p50_ms",
+                                                "p99_ms", "per_family")}
                     | {"per_label_f1": {lab: v["per_label"][lab]["f1"] for lab in labels}} for k, v in results.items()},
     }
     if outside_report is not None:
@@ -270,6 +286,16 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
         for name, m in out["methods"].items():
             lines.append(f"| {name} | " + " | ".join(f"{m['per_source'][g]:.3f}" for g in groups)
                          + f" | {m['accuracy']:.3f} | {m['mean_over_sources']:.3f} |")
+    fams, names = report["families"], list(report["methods"])
+    lines += ["", "## Held-out accuracy per source family", "",
+              "Each family's prompts, routed by the methods trained without that family (the folds above). The miss "
+              "column names where forgetless sent most of the family's misrouted prompts.", "",
+              "| family | route(s) | n | " + " | ".join(names) + " | forgetless's most common miss |",
+              "|---" * (len(names) + 4) + "|"]
+    for f, info in fams.items():
+        miss = report["methods"]["forgetless"]["per_family"][f].get("most_missed_to", "")
+        lines.append(f"| {f} | {', '.join(info['routes'])} | {info['n']} | "
+                     + " | ".join(f"{report['methods'][n]['per_family'][f]['accuracy']:.2f}" for n in names) + f" | {miss} |")
     sp = report["speed"]
     lines += ["", f"## Decision speed of the forgetless router ({sp['encoder']}, cache bypassed)", "",
               "Same run, same machine; the baseline is plain sentence-transformers `encode` of the same short prompt.", "",

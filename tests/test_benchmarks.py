@@ -47,8 +47,17 @@ def test_bench_routing_writes_report_json_and_plots(tmp_path):
     for m in doc["methods"].values():
         for key in ("accuracy", "macro_f1", "fallback_precision", "fallback_recall", "ece", "p50_ms"):
             assert 0 <= m[key] and (key.endswith("_ms") or m[key] <= 1)
+    fams = doc["families"]
+    assert sum(f["n"] for f in fams.values()) == doc["examples"]
+    assert fams["forgetless/snippet"]["routes"] == ["code", "finance", "general", "legal", "math", "medical"]
+    for m in doc["methods"].values():
+        assert set(m["per_family"]) == set(fams)
+        # the per-family accuracies add up to the overall one
+        assert abs(sum(m["per_family"][f]["accuracy"] * fams[f]["n"] for f in fams) / doc["examples"] - m["accuracy"]) < 1e-9
+        assert all(("most_missed_to" in v) == (v["accuracy"] < 1) for v in m["per_family"].values())
     md = (tmp_path / "routing.md").read_text()
     assert "forgetless bench routing" in md and "| forgetless |" in md
+    assert "## Held-out accuracy per source family" in md and "| forgetless/snippet | code, finance, general, legal, math, medical | 48 |" in md
     assert "## Prompts from sources the routing data does not have" in md and "dolly15k → general (n=2)" in md
     for png in ("routing_confusion.png", "routing_coverage.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
