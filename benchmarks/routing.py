@@ -298,7 +298,8 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
                      + " | ".join(f"{report['methods'][n]['per_family'][f]['accuracy']:.2f}" for n in names) + f" | {miss} |")
     sp = report["speed"]
     lines += ["", f"## Decision speed of the forgetless router ({sp['encoder']}, cache bypassed)", "",
-              "Same run, same machine; the baseline is plain sentence-transformers `encode` of the same short prompt.", "",
+              "Same run, same machine; the baseline is plain sentence-transformers `encode` of the same short prompt, the two "
+              f"timed in alternating blocks of {sp.get('interleave_block', 1)} prompts.", "",
               "| measure | value |", "|---|---|",
               f"| p50 short prompt (~15 tokens) | {sp['p50_ms_short']:.2f} ms |",
               f"| p99 short prompt | {sp['p99_ms_short']:.2f} ms |",

@@ -60,6 +60,8 @@ def test_bench_json_keys(example_router):
     for key in ("p50_ms_short", "p99_ms_short", "p50_ms_long", "p99_ms_long", "throughput_per_s", "baseline_p50_ms_short"):
         assert m[key] > 0
     assert m["p50_ms_long"] > m["p50_ms_short"] * 0.8
+    # every prompt timed once by each side, in alternating blocks
+    assert m["samples_short"] == 30 and m["interleave_block"] == 10
 
 
 def test_every_command_has_help():
