@@ -8,7 +8,6 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from benchmarks.routing_outside import load_outside, topic_key
 from classifier.data import Examples, load_examples, source_family
 from classifier.encoders import DEFAULT_BACKEND, build_encoder
 from classifier.errors import InputError
-from classifier.metrics import routing_metrics
+from classifier.metrics import per_group, routing_metrics
 from classifier.progress import LoggedProgress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,18 +78,6 @@ def run_peers(X: np.ndarray, ex: Examples, families: np.ndarray, fallback: str) 
     if r.returncode != 0:
         raise InputError(f"semantic-router peer failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-1][:300] if r.stderr.strip() else 'no output'}")
     return json.loads(r.stdout)
-
-
-def per_family(correct: np.ndarray, families: np.ndarray, y_pred: list[str]) -> dict:
-    """Held-out accuracy of each source family, and where its misrouted prompts went most often."""
-    out = {}
-    pred = np.array(y_pred, dtype=object)
-    for f in sorted(set(families)):
-        rows = families == f
-        wrong = Counter(pred[rows & ~correct])
-        out[f] = {"accuracy": float(correct[rows].mean()),
-                  **({"most_missed_to": wrong.most_common(1)[0][0]} if wrong else {})}
-    return out
 
 
 def coverage_curve(correct: np.ndarray, conf: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
@@ -167,7 +154,7 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         met = routing_metrics(ex.labels, y_pred, labels, fallback, confidence=confs[M.name])
         correct = np.array(y_pred, dtype=object) == np.array(ex.labels, dtype=object)
         met.update(p50_ms=float(np.median(times)), p99_ms=float(np.percentile(times, 99)),
-                   coverage_accuracy=coverage_curve(correct, confs[M.name]), per_family=per_family(correct, families, y_pred))
+                   coverage_accuracy=coverage_curve(correct, confs[M.name]), per_family=per_group(ex.labels, y_pred, families))
         results[M.name] = met
     enc_ms = []
     for t in sample:
@@ -184,7 +171,7 @@ def run(data: list[Path], fallback: str = "general", out_dir: Path = RESULTS, la
         q = np.array(d["query_ms"]) if d["query_ms"] else np.zeros(1)
         # the peer gets precomputed vectors: its decision latency = its own query time + the shared encoder's time
         met.update(p50_ms=float(np.median(q) + np.median(enc_ms)), p99_ms=float(np.percentile(q, 99) + np.percentile(enc_ms, 99)),
-                   coverage_accuracy=coverage_curve(correct, conf), per_family=per_family(correct, families, y_pred))
+                   coverage_accuracy=coverage_curve(correct, conf), per_family=per_group(ex.labels, y_pred, families))
         results[name] = met
     from classifier.speed import measure
 

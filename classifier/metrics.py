@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +38,18 @@ def routing_metrics(
     }
     if confidence is not None:
         out["ece"] = expected_calibration_error(np.asarray(confidence, dtype=float), yt == yp)
+    return out
+
+
+def per_group(y_true: Sequence[str], y_pred: Sequence[str], groups: Sequence[str]) -> dict:
+    """Accuracy within each group (a source, or a source family), and where its misrouted texts went most often."""
+    yt, yp, g = (np.asarray(a, dtype=object) for a in (y_true, y_pred, groups))
+    out = {}
+    for name in sorted(set(g)):
+        rows = g == name
+        wrong = Counter(yp[rows & (yt != yp)])
+        out[name] = {"n": int(rows.sum()), "accuracy": float((yt[rows] == yp[rows]).mean()),
+                     **({"most_missed_to": wrong.most_common(1)[0][0]} if wrong else {})}
     return out
 
 

@@ -40,6 +40,31 @@ def test_eval_json_is_one_object_with_contract_keys(example_router):
         assert key in m
     assert m["accuracy"] > 0.9  # in-sample on its own training set
     assert sum(map(sum, m["confusion"]["matrix"])) == len(EXAMPLES.read_text().splitlines())
+    # the example set names its sources: accuracy per source, adding up to the overall figure
+    per = m["per_source"]
+    assert set(per) == {"forgetless/chat", "forgetless/question", "forgetless/snippet", "forgetless/task"}
+    assert abs(sum(v["accuracy"] * v["n"] for v in per.values()) / m["n"] - m["accuracy"]) < 1e-9
+
+
+def test_eval_and_predict_decide_each_text_as_the_gateway_does(example_router, tmp_path):
+    """Each text alone, the way the gateway decides: the same routes and probabilities as `decide` one by one
+    (with the int8 encoder a batch's vectors differ slightly, so a batched eval could disagree)."""
+    from classifier.routers.embedding import EmbeddingRouter
+
+    rows = [json.loads(ln) for ln in EXAMPLES.read_text().splitlines()][:40]
+    data = tmp_path / "some.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    router = EmbeddingRouter.load(example_router)
+    alone = [router.decide(r["text"]) for r in rows]
+    r = run_cli("route", "eval", "--router", example_router, "--data", data, "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["accuracy"] == sum(d.route == row["label"] for d, row in zip(alone, rows)) / len(rows)
+    assert "per_source" not in m  # these lines name no source
+    texts = [row["text"] for row in rows[:6]]
+    r = run_cli("route", "predict", "--router", example_router, "--json", *texts)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(ln) for ln in r.stdout.splitlines()] == [{"text": t, **d.as_dict()} for t, d in zip(texts, alone)]
 
 
 def test_predict_routes_obvious_prompts(example_router):
