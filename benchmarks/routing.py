@@ -295,6 +295,9 @@ def _markdown(report: dict, results: dict, labels: list[str]) -> str:
               f"| batched throughput, short prompts (batch {sp['batch_size']}) | {sp['throughput_per_s']:.0f} decisions/s |",
               f"| batched throughput, half short, half long | {sp['throughput_mixed_per_s']:.0f} decisions/s |",
               f"| baseline p50 short (sentence-transformers) | {sp['baseline_p50_ms_short']:.2f} ms |",
-              f"| ratio p50 short / baseline | {sp['ratio_to_baseline_short']:.2f} |", ""]
+              f"| ratio p50 short / baseline | {sp['ratio_to_baseline_short']:.2f} |"]
+    if sp.get("one_thread_tokens") is not None:
+        lines.append(f"| a text alone runs on one ONNX thread up to (measured at start) | {sp['one_thread_tokens']} tokens |")
+    lines.append("")
     lines += ["", "![confusion matrices](routing_confusion.png)", "", "![coverage vs accuracy](routing_coverage.png)", ""]
     return "\n".join(lines)

@@ -38,6 +38,7 @@ def measure(router: EmbeddingRouter, n: int = 200, batch: int = 64, batches: int
     """Single-request latency (cache bypassed: every text is new) and batched throughput. The router and the
     baseline are timed in alternating blocks of `block` prompts (see below)."""
     router._cache_size = 0
+    router.encoder.warm_up()
     for i in range(5):  # warm-up: first ONNX runs allocate
         router.decide(f"{SHORT} {i}")
         router.decide(f"{LONG} {i}")
@@ -78,6 +79,8 @@ def measure(router: EmbeddingRouter, n: int = 200, batch: int = 64, batches: int
         "throughput_mixed_per_s": float(mixed),  # half short, half ~200-token prompts
         "baseline_p50_ms_short": base_p50,
         "ratio_to_baseline_short": p50_s / base_p50,  # ratio of the medians of the interleaved runs
+        # a single text of at most this many tokens runs on one ONNX thread (measured on this machine at start)
+        "one_thread_tokens": getattr(router.encoder, "one_thread_tokens", None),
         "interleave_block": block,
         "samples_short": len(short),
         "batch_size": batch,

@@ -50,6 +50,7 @@ def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
             log(f"warning: the router in {path} was trained {why}; it is used as it is (delete {path} to retrain)")
     if router.fallback != cfg.router.fallback:
         raise InputError(f"{path}: router falls back to '{router.fallback}', routes.yaml says router.fallback '{cfg.router.fallback}'")
+    router.encoder.warm_up()  # the first request must not wait for the encoder's sessions
     return router
 
 

@@ -106,6 +106,7 @@ def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
     from concurrent.futures import ThreadPoolExecutor
 
     enc = build_encoder("onnx-int8")
+    enc.__dict__["one_thread_tokens"] = 0  # short texts alone on two threads too (see the next test)
     texts = ["Is a verbal agreement binding?", "What are the symptoms of anemia?"]
     alone = [enc.encode_one(t) for t in texts]
     meet, used = threading.Barrier(2, timeout=60), []
@@ -130,6 +131,74 @@ def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
     enc.__dict__["session"] = enc.session.session
     enc.encode_one(texts[0])
     assert used == []  # alone again: the two-thread session (the real one now), not the solo one
+
+
+class _Spy:
+    """Stands in for an ONNX session and records which one ran."""
+
+    def __init__(self, session, name, used):
+        self.session, self.name, self.used = session, name, used
+
+    def run(self, *args):
+        self.used.append(self.name)
+        return self.session.run(*args)
+
+
+def test_a_text_alone_runs_on_one_thread_up_to_the_cutoff_with_the_same_vector():
+    enc = build_encoder("onnx-int8")
+    short, long = "Is a verbal agreement binding?", " ".join(["The tenant shall pay the rent on the first day."] * 8)
+    assert len(enc.tokenizer.encode(short).ids) <= 32 < len(enc.tokenizer.encode(long).ids)
+    enc.__dict__["one_thread_tokens"] = 0
+    enc.encode_one(short)  # the sessions' inputs are read from the real session
+    used = []
+    enc.__dict__["session"] = _Spy(enc.session, "two threads", used)
+    enc.__dict__["solo_session"] = _Spy(enc.solo_session, "one thread", used)
+    vectors = {}
+    for cutoff in (0, 32, 10_000):
+        enc.__dict__["one_thread_tokens"] = cutoff
+        vectors[cutoff] = [enc.encode_one(short), enc.encode_one(long)]
+    assert used == ["two threads", "two threads", "one thread", "two threads", "one thread", "one thread"]
+    for cutoff in (32, 10_000):  # the thread count never changes a vector, so never a route
+        for a, b in zip(vectors[0], vectors[cutoff]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_one_thread_cutoff_is_the_longest_length_where_one_thread_keeps_up():
+    from classifier.encoders.onnx import one_thread_cutoff
+
+    def timer(costs):  # costs[tokens] = (one thread, two threads); every third pair disturbed by a busy machine
+        calls = []
+
+        def seconds(threads, tokens):
+            calls.append((threads, tokens))
+            one, two = costs[tokens]
+            noise = 5.0 if len(calls) % 6 in (1, 2) and len(calls) % 18 < 6 else 1.0
+            return (one if threads == 1 else two) * noise
+        return seconds, calls
+
+    seconds, calls = timer({16: (1.0, 1.3), 32: (1.8, 2.4), 64: (3.3, 4.0), 128: (7.5, 7.0)})
+    assert one_thread_cutoff(seconds) == 64
+    assert {t for t, _ in calls} == {1, 2} and max(n for _, n in calls) == 128
+    assert calls[:2] == [(1, 16), (2, 16)] and calls[2:4] == [(2, 16), (1, 16)]  # order alternates pair by pair
+    seconds, calls = timer({16: (1.05, 1.0), 32: (1.0, 2.0), 64: (1.0, 2.0), 128: (1.0, 2.0)})
+    assert one_thread_cutoff(seconds) == 0 and max(n for _, n in calls) == 16  # slower at the shortest: stop
+    seconds, _ = timer({n: (1.0, 2.0) for n in (16, 32, 64, 128)})
+    assert one_thread_cutoff(seconds) == 128
+
+
+def test_one_thread_cutoff_from_the_environment(monkeypatch):
+    from classifier.encoders.onnx import ONE_THREAD_ENV
+
+    monkeypatch.setenv(ONE_THREAD_ENV, "48")
+    assert build_encoder("onnx-int8").one_thread_tokens == 48
+    monkeypatch.setenv(ONE_THREAD_ENV, "many")
+    with pytest.raises(InputError, match=f"{ONE_THREAD_ENV}='many'"):
+        build_encoder("onnx-int8").encode_one("hello")
+    monkeypatch.delenv(ONE_THREAD_ENV)
+    enc = build_encoder("onnx-int8")
+    enc.warm_up()  # measures it: one of the lengths tried, or 0
+    assert enc.one_thread_tokens in (0, 16, 32, 64, 128)
+    assert {"session", "solo_session"} <= set(enc.__dict__)
 
 
 def test_serve_keeps_one_blas_thread_for_the_process():

@@ -56,6 +56,10 @@ class Encoder(ABC):
         vec = self._encode_single(text)
         return vec / max(float(np.linalg.norm(vec)), 1e-12)
 
+    def warm_up(self) -> None:
+        """Load everything a first decision would wait for (a server calls this before it takes requests)."""
+        self.encode_one("warm-up")
+
     def _encode_single(self, text: str) -> np.ndarray:
         """Unnormalised embedding of one text (a backend may run single texts differently from batches)."""
         return self._encode_batch([text])[0]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import inspect
 import os
+import statistics
 import tempfile
 import threading
+import time
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,6 +22,9 @@ from classifier.encoders.base import Encoder, weights_fingerprint
 from classifier.errors import InputError
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: environment variable that fixes the one-thread cut-off (tokens) instead of measuring it; 0 = two threads always
+ONE_THREAD_ENV = "FORGETLESS_ONE_THREAD_TOKENS"
+_CALIBRATION_TEXT = "Is this clause about late payment enforceable, and what does the statute say about interest?"
 
 
 def cache_root() -> Path:
@@ -70,6 +75,27 @@ def export_onnx(model_dir: Path, out: Path, quantize: bool) -> Path:
     return out
 
 
+def one_thread_cutoff(seconds: Callable[[int, int], float], lengths: Sequence[int] = (16, 32, 64, 128),
+                      pairs: int = 9) -> int:
+    """The longest of `lengths` (tokens) up to which a single text runs at least as fast on one thread as on two,
+    0 when one thread is slower already at the shortest. `seconds(threads, tokens)` times one run. The two are
+    timed in pairs, in alternating order, and compared by the median ratio, so a busy stretch of the machine
+    slows both sides of a pair alike. Where the crossover lies depends on the CPU: on a 2-core Intel Xeon VM
+    one thread was 20-27 % faster up to 64 tokens and even at 128 (waking the second thread costs more than it
+    saves), on a 2-core AMD EPYC within 5 % either way at 8-16 tokens and 42-57 % slower at 200."""
+    cutoff = 0
+    for n in lengths:
+        ratios = []
+        for i in range(pairs):
+            order = (1, 2) if i % 2 == 0 else (2, 1)
+            took = {threads: seconds(threads, n) for threads in order}
+            ratios.append(took[1] / took[2])
+        if statistics.median(ratios) > 1.0:
+            break
+        cutoff = n
+    return cutoff
+
+
 class OnnxEncoder(Encoder):
     backend = "onnx"
     quantize = False
@@ -96,11 +122,51 @@ class OnnxEncoder(Encoder):
 
     @cached_property
     def solo_session(self):
-        """One-thread session for a single text encoded while another one is: two texts at once, one core each,
-        beat taking turns on both cores (requests/s with every prompt new, gateway in front of an instant
-        upstream, alternating runs: 119-149/s before, 154-201/s with it), while a text that runs alone keeps both
-        cores (a ~200-token prompt takes 1.4x as long on one)."""
+        """One-thread session, for a single text encoded while another one is, and for a short one. Two texts at
+        once, one core each, beat taking turns on both cores (requests/s with every prompt new, gateway in front
+        of an instant upstream, alternating runs: 119-149/s before, 154-201/s with it). A text alone runs here
+        when it is at most `one_thread_tokens` long; a longer one keeps both cores (a ~200-token prompt takes
+        1.1-1.5x as long on one). Both sessions give bit-identical vectors, so the choice never changes a route."""
         return self._new_session(1)
+
+    @cached_property
+    def one_thread_tokens(self) -> int:
+        """Up to how many tokens a text encoded alone runs on one thread: $FORGETLESS_ONE_THREAD_TOKENS when set,
+        else measured on this machine once per encoder (about 0.3 s; see `one_thread_cutoff`)."""
+        raw = os.environ.get(ONE_THREAD_ENV)
+        if raw is not None:
+            try:
+                value = int(raw)
+                if value < 0:
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"{ONE_THREAD_ENV}={raw!r}: not a whole number of tokens >= 0") from None
+            return value
+        if self.threads == 1:
+            return 0  # both sessions have one thread
+        ids = self.tokenizer.encode(_CALIBRATION_TEXT, add_special_tokens=False).ids
+        edges = self.tokenizer.encode("").ids  # the model's start and end tokens, if it has them
+        first, last = edges[:1], edges[1:]
+        sessions = {1: self.solo_session, 2: self.session}
+
+        def seconds(threads: int, tokens: int) -> float:
+            body = (ids * (tokens // len(ids) + 1))[: max(tokens - 2, 1)]
+            row = np.array([first + body + last], dtype=np.int64)
+            feed = {"input_ids": row, "attention_mask": np.ones_like(row), "token_type_ids": np.zeros_like(row)}
+            feed = {k: v for k, v in feed.items() if k in self._input_names}
+            start = time.perf_counter()
+            sessions[threads].run(None, feed)
+            return time.perf_counter() - start
+
+        for threads in sessions:  # first runs allocate
+            seconds(threads, 128)
+        return one_thread_cutoff(seconds)
+
+    def warm_up(self) -> None:
+        """Create both sessions, run each once and settle the one-thread cut-off, before a request waits for it."""
+        for session in (self.session, self.solo_session):
+            self._pooled(self._feed(["warm-up"]), session)
+        _ = self.one_thread_tokens
 
     def _new_session(self, threads: int):
         import onnxruntime as ort
@@ -132,23 +198,29 @@ class OnnxEncoder(Encoder):
         return int(self._encode_batch(["dimension probe"]).shape[1])
 
     def _encode_single(self, text: str) -> np.ndarray:
+        feed = self._feed([text])
+        short = feed["input_ids"].shape[1] <= self.one_thread_tokens
         with self._singles_lock:
             alone = self._singles == 0
             self._singles += 1
         try:
-            return self._encode_batch([text], None if alone else self.solo_session)[0]
+            return self._pooled(feed, self.session if alone and not short else self.solo_session)[0]
         finally:
             with self._singles_lock:
                 self._singles -= 1
 
     def _encode_batch(self, texts: Sequence[str], session=None) -> np.ndarray:
-        session = session or self.session
+        return self._pooled(self._feed(texts), session or self.session)
+
+    def _feed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.encode_batch(list(texts))
-        feed = {
+        return {
             "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
         }
+
+    def _pooled(self, feed: dict[str, np.ndarray], session) -> np.ndarray:
         mask = feed["attention_mask"][..., None].astype(np.float32)
         hidden = session.run(None, {k: v for k, v in feed.items() if k in self._input_names})[0]
         return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)

@@ -31,6 +31,8 @@ async def reload_router(state: GatewayState, path: str | None) -> dict:
             if "\x00" in str(target):
                 raise InputError("'path' contains a NUL byte")
             new = await run_in_threadpool(EmbeddingRouter.load, target, encoder)
+            if encoder is None:
+                await run_in_threadpool(new.encoder.warm_up)
         except (InputError, OSError, ValueError) as exc:
             raise GatewayError(400, f"reload failed, the previous router keeps serving: {exc}", param="path",
                                code="router_invalid") from None
