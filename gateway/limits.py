@@ -28,21 +28,22 @@ class BodyLimit:
                 if too_big:
                     return await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit", "request_too_large")
         chunks, seen, more = [], 0, True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        while more:
-            try:
-                msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
-            except asyncio.TimeoutError:
-                return await self._reject(send, 408, f"request body not received within {self.timeout:g} s", "request_timeout")
-            if msg["type"] == "http.disconnect":
-                return
-            body = msg.get("body", b"")
-            seen += len(body)
-            if seen > self.max_bytes:
-                return await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit", "request_too_large")
-            chunks.append(body)
-            more = msg.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.timeout):  # one deadline for the whole body, no task per receive
+                while more:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        return
+                    body = msg.get("body", b"")
+                    seen += len(body)
+                    if seen > self.max_bytes:
+                        break
+                    chunks.append(body)
+                    more = msg.get("more_body", False)
+        except TimeoutError:
+            return await self._reject(send, 408, f"request body not received within {self.timeout:g} s", "request_timeout")
+        if seen > self.max_bytes:
+            return await self._reject(send, 413, f"request body over the {self.max_bytes}-byte limit", "request_too_large")
         replayed = False
 
         async def replay():

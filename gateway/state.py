@@ -50,6 +50,8 @@ class GatewayState:
         self.candidates: set[str] = set()
 
     async def decide(self, router: EmbeddingRouter, text: str):
+        if (hit := router.cached(text)) is not None:  # a repeated text is answered here, without a thread hand-off
+            return hit
         return await asyncio.get_running_loop().run_in_executor(self.router_pool, router.decide, text)
 
     @property

@@ -133,6 +133,34 @@ def test_two_texts_at_once_take_a_core_each_and_get_the_same_vectors():
     assert used == []  # alone again: the two-thread session (the real one now), not the solo one
 
 
+def test_the_gateway_answers_a_repeated_text_from_the_cache_on_its_event_loop(example_router):
+    """A decision already made is not handed to a router thread again (under load that hand-off cost more than
+    the lookup); a new text is."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from gateway.auth import require_admin_key, require_client_key
+    from gateway.state import GatewayState
+
+    handed = []
+
+    class Pool(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            handed.append(args)
+            return super().submit(fn, *args, **kwargs)
+
+    router = EmbeddingRouter.load(example_router)
+    state = SimpleNamespace(router_pool=Pool(1))
+    first = asyncio.run(GatewayState.decide(state, router, "Draft a non-compete clause"))
+    again = asyncio.run(GatewayState.decide(state, router, "Draft a non-compete clause"))
+    other = asyncio.run(GatewayState.decide(state, router, "Solve for x: 3x + 7 = 22."))
+    assert handed == [("Draft a non-compete clause",), ("Solve for x: 3x + 7 = 22.",)]
+    assert again is first and other.route != first.route
+    # the key checks are coroutines too: FastAPI would run a plain function on a worker thread per request
+    assert asyncio.iscoroutinefunction(require_client_key) and asyncio.iscoroutinefunction(require_admin_key)
+
+
 class _Spy:
     """Stands in for an ONNX session and records which one ran."""
 

@@ -145,12 +145,17 @@ class EmbeddingRouter(Router):
             return []
         return self._decisions(self.head.proba(self.encoder.encode(list(texts), batch_size=64)))
 
-    def decide(self, text: str) -> Decision:
+    def cached(self, text: str) -> Decision | None:
+        """The decision already made for this exact text, if it is still in the cache (no encoding)."""
         with self._lock:
             hit = self._cache.get(text)
             if hit is not None:
                 self._cache.move_to_end(text)
-                return hit
+            return hit
+
+    def decide(self, text: str) -> Decision:
+        if (hit := self.cached(text)) is not None:
+            return hit
         vec = self.encoder.encode_one(text)[None, :]
         decision = self._decisions(self.head.proba(vec))[0]
         with self._lock:
