@@ -13,6 +13,7 @@ timeouts.
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import AsyncIterator
 
 import aiohttp
@@ -56,4 +57,8 @@ class UpstreamTransport(AiohttpTransport):
 def upstream_client(timeout: httpx.Timeout, max_connections: int) -> httpx.AsyncClient:
     # the transport reads max_connections (aiohttp's pool limit) and keepalive_expiry; aiohttp keeps every
     # released connection alive, so there is no separate keep-alive count to set
-    return httpx.AsyncClient(timeout=timeout, transport=UpstreamTransport(limits=httpx.Limits(max_connections=max_connections)))
+    # no cookie jar in effect: the client is shared by every caller, so a cookie vLLM (or a proxy in front of it)
+    # set for one request must not ride along on everyone else's
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(timeout=timeout, cookies=no_cookies,
+                             transport=UpstreamTransport(limits=httpx.Limits(max_connections=max_connections)))

@@ -75,3 +75,32 @@ def test_answers_pass_through_unchanged():
         writer.close()
 
     assert _against(ok) == body
+
+
+def test_a_cookie_set_upstream_is_not_sent_on_later_requests():
+    """One client serves every caller: a Set-Cookie from the upstream must not reach other callers' requests."""
+    seen = []
+
+    async def cookie_setter(reader, writer):
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            length = int(next((ln.split(b":")[1] for ln in head.lower().split(b"\r\n") if ln.startswith(b"content-length")), b"0"))
+            await reader.readexactly(length)
+            seen.append(head.lower())
+            writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: session=alice; Path=/\r\ncontent-type: application/json\r\n"
+                         b"content-length: 2\r\n\r\n{}")
+            await writer.drain()
+            if len(seen) == 2:
+                break
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(cookie_setter, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        async with server, upstream_client(httpx.Timeout(5.0), 8) as client:
+            first = await client.post(url, json={"x": 1})
+            await client.post(url, json={"x": 2})
+        return first
+
+    first = asyncio.run(main())
+    assert first.headers["set-cookie"].startswith("session=alice")  # the caller still sees it
+    assert len(seen) == 2 and not any(b"cookie:" in h for h in seen)
