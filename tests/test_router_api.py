@@ -376,3 +376,30 @@ def test_topic_lines_come_from_the_user_then_builtin_then_descriptions():
     assert "yours: legal" in said and "built-in: general" in said and "description: contracts" in said
     none, said = resolve_topics(labels, {}, required=False)
     assert none is None and "(contracts)" in said
+
+
+def test_single_row_head_gives_the_batch_heads_numbers(example_router):
+    """`decide` scores one embedding with `Head.proba_one`, `decide_batch` with `Head.proba`: same numbers, for
+    heads with and without centre, topic lines, a route without lines, and more neighbours than memory rows."""
+    r = EmbeddingRouter.load(example_router)
+    X = r.encoder.encode(["Draft a non-compete clause", "Solve for x: 3x + 7 = 22.", "tell me about your day",
+                          "fever and cough for three days", "def f(x): return x[::-1]  # why slow?"])
+    legal = r.labels.index("legal")
+    keep = r.head.prototype_labels != legal
+    heads = {
+        "saved": r.head,
+        "no centre": dataclasses.replace(r.head, center=None),
+        "no topic lines": dataclasses.replace(r.head, prototypes=None, prototype_labels=None),
+        "a route without lines": dataclasses.replace(r.head, prototypes=r.head.prototypes[keep],
+                                                     prototype_labels=r.head.prototype_labels[keep]),
+        "k above memory": dataclasses.replace(r.head, memory=r.head.memory[:7], memory_labels=r.head.memory_labels[:7],
+                                              k=50),
+    }
+    for name, head in heads.items():
+        batch = head.proba(X)
+        single = np.array([head.proba_one(x) for x in X])
+        np.testing.assert_allclose(single, batch, atol=2e-5, err_msg=name)
+        assert (single.argmax(axis=1) == batch.argmax(axis=1)).all(), name
+    # the variants differ from each other, so the comparison above covers different code paths
+    assert not np.allclose(heads["saved"].proba(X), heads["no topic lines"].proba(X), atol=1e-3)
+    assert not np.allclose(heads["saved"].proba(X), heads["a route without lines"].proba(X), atol=1e-3)

@@ -198,13 +198,16 @@ class OnnxEncoder(Encoder):
         return int(self._encode_batch(["dimension probe"]).shape[1])
 
     def _encode_single(self, text: str) -> np.ndarray:
-        feed = self._feed([text])
-        short = feed["input_ids"].shape[1] <= self.one_thread_tokens
+        ids = np.array(self.tokenizer.encode(text).ids, dtype=np.int64)[None, :]  # one text: no padding, no mask
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        short = ids.shape[1] <= self.one_thread_tokens
         with self._singles_lock:
             alone = self._singles == 0
             self._singles += 1
         try:
-            return self._pooled(feed, self.session if alone and not short else self.solo_session)[0]
+            session = self.session if alone and not short else self.solo_session
+            hidden = session.run(None, {k: feed[k] for k in self._input_names})[0]
+            return hidden[0].mean(axis=0)
         finally:
             with self._singles_lock:
                 self._singles -= 1
