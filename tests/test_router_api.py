@@ -400,6 +400,13 @@ def test_single_row_head_gives_the_batch_heads_numbers(example_router):
         single = np.array([head.proba_one(x) for x in X])
         np.testing.assert_allclose(single, batch, atol=2e-5, err_msg=name)
         assert (single.argmax(axis=1) == batch.argmax(axis=1)).all(), name
+    # a head whose arrays are swapped after its first decision scores with the new ones, not a stale copy
+    head = dataclasses.replace(r.head)
+    head.proba_one(X[0])
+    head.memory, head.memory_labels = r.head.memory[::2], r.head.memory_labels[::2]
+    head.prototypes, head.prototype_labels = r.head.prototypes[keep], r.head.prototype_labels[keep]
+    np.testing.assert_allclose(head.proba_one(X[0]), head.proba(X[:1])[0], atol=2e-5)
+    assert not np.allclose(head.proba_one(X[0]), r.head.proba_one(X[0]), atol=1e-4)
     # the variants differ from each other, so the comparison above covers different code paths
     assert not np.allclose(heads["saved"].proba(X), heads["no topic lines"].proba(X), atol=1e-3)
     assert not np.allclose(heads["saved"].proba(X), heads["a route without lines"].proba(X), atol=1e-3)
