@@ -151,9 +151,7 @@ class OnnxEncoder(Encoder):
 
         def seconds(threads: int, tokens: int) -> float:
             body = (ids * (tokens // len(ids) + 1))[: max(tokens - 2, 1)]
-            row = np.array([first + body + last], dtype=np.int64)
-            feed = {"input_ids": row, "attention_mask": np.ones_like(row), "token_type_ids": np.zeros_like(row)}
-            feed = {k: v for k, v in feed.items() if k in self._input_names}
+            feed = self._row_feed(np.array([first + body + last], dtype=np.int64))
             start = time.perf_counter()
             sessions[threads].run(None, feed)
             return time.perf_counter() - start
@@ -199,18 +197,21 @@ class OnnxEncoder(Encoder):
 
     def _encode_single(self, text: str) -> np.ndarray:
         ids = np.array(self.tokenizer.encode(text).ids, dtype=np.int64)[None, :]  # one text: no padding, no mask
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         short = ids.shape[1] <= self.one_thread_tokens
         with self._singles_lock:
             alone = self._singles == 0
             self._singles += 1
         try:
             session = self.session if alone and not short else self.solo_session
-            hidden = session.run(None, {k: feed[k] for k in self._input_names})[0]
-            return hidden[0].mean(axis=0)
+            return session.run(None, self._row_feed(ids))[0][0].mean(axis=0)
         finally:
             with self._singles_lock:
                 self._singles -= 1
+
+    def _row_feed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's inputs for one unpadded row of token ids (1, T): every token attended, one segment."""
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        return {k: v for k, v in feed.items() if k in self._input_names}
 
     def _encode_batch(self, texts: Sequence[str], session=None) -> np.ndarray:
         return self._pooled(self._feed(texts), session or self.session)

@@ -140,16 +140,6 @@ class EmbeddingRouter(Router):
             out.append(Decision(route, top[0][1], top, route == self.fallback, probs))
         return out
 
-    def _decision(self, row: np.ndarray) -> Decision:
-        """`_decisions` for one row of probabilities, the same rule (classifier/thresholds.py) without batching."""
-        order = np.argsort(-row)[:3]
-        best = int(row.argmax())
-        route = self.labels[best]
-        if row[best] < self.thresholds.get(route, 0.0):
-            route = self.fallback
-        top = [(self.labels[i], float(row[i])) for i in order]
-        return Decision(route, top[0][1], top, route == self.fallback, dict(zip(self.labels, row.tolist())))
-
     def decide_batch(self, texts: Sequence[str]) -> list[Decision]:
         if not texts:
             return []
@@ -166,7 +156,7 @@ class EmbeddingRouter(Router):
     def decide(self, text: str) -> Decision:
         if (hit := self.cached(text)) is not None:
             return hit
-        decision = self._decision(self.head.proba_one(self.encoder.encode_one(text)))
+        decision = self._decisions(self.head.proba_one(self.encoder.encode_one(text))[None, :])[0]
         with self._lock:
             self._cache[text] = decision
             if len(self._cache) > self._cache_size:
