@@ -119,10 +119,14 @@ def predict(
     encoder_model: EncoderModel = None,
 ):
     """Route each TEXT: the chosen route, its probability and the top 3."""
-    r = EmbeddingRouter.load(router, encoder_model=encoder_model)
-    for text in texts:
+    for i, text in enumerate(texts, start=1):
         if not text.strip():
-            raise InputError("TEXT: blank text cannot be routed")
+            raise InputError(f"TEXT {i}: blank text cannot be routed")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # argv bytes the locale could not decode (kept as surrogates)
+            raise InputError(f"TEXT {i}: not valid UTF-8 (character {exc.start})") from None
+    r = EmbeddingRouter.load(router, encoder_model=encoder_model)
     for text, d in zip(texts, [r.decide(t) for t in texts]):  # one at a time, as the gateway decides
         if as_json:
             sys.stdout.write(json.dumps({"text": text, **d.as_dict()}) + "\n")

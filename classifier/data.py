@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,32 @@ class Examples:
     @property
     def label_set(self) -> list[str]:
         return sorted(set(self.labels))
+
+
+#: a \u escape of a UTF-16 surrogate in JSON text; only such an escape can put a lone surrogate into a string
+ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate(obj, path: str = "") -> str | None:
+    """Where (e.g. `messages[0].content`) a parsed JSON value holds a string with a lone UTF-16 surrogate, or
+    None. JSON's \\ud800 escapes allow such strings, but they are not text: UTF-8 cannot encode them and
+    tokenizers refuse them. A pair of escapes that makes one character (an emoji) is fine."""
+    if isinstance(obj, str):
+        if obj.isascii():
+            return None
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(value)"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        here = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+        if isinstance(key, str) and lone_surrogate(key) is not None:
+            return here
+        if (found := lone_surrogate(value, here)) is not None:
+            return found
+    return None
 
 
 def _field(obj: dict, key: str, where: str, required: bool) -> str | None:
@@ -60,6 +87,8 @@ def read_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], str]:
             raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        if ESCAPED_SURROGATE.search(line) and (bad := lone_surrogate(obj)) is not None:
+            raise InputError(f"{p}:{lineno}: field '{bad}' is not valid Unicode (a lone surrogate in a \\u escape)")
         rows.append((lineno, obj))
     if not rows:
         raise InputError(f"{p}: file is empty")

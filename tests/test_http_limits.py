@@ -40,6 +40,31 @@ def test_never_finished_body_gets_408(lone_gateway):
     assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - t < 10
 
 
+@pytest.mark.parametrize("body, field, code", [
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "caf\xe9"}]}', None, "invalid_encoding"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "a \\ud800 clause"}]}', "messages[0].content",
+     "invalid_value"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\uDC00"}]}]}',
+     "messages[0].content[0].text", "invalid_value"),
+    (b'{"model": "auto", "messages": [{"role": "user", "content": "ok"}], "user": "x\\udbff"}', "user", "invalid_value"),
+])
+def test_a_body_that_is_not_text_is_a_400_naming_the_field(lone_gateway, body, field, code):
+    # not UTF-8, or a JSON string holding a lone surrogate: no tokenizer takes it, so it is refused at the door
+    # (the openai client cannot even send one: it encodes its JSON as UTF-8)
+    r = httpx.post(f"{lone_gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == code and err["param"] == field, r.text
+    assert (field or "not valid UTF-8") in err["message"] and "\n" not in err["message"]
+    assert r.headers.get("connection") != "close"  # the body was read whole: the connection stays usable
+
+
+def test_an_emoji_written_as_a_surrogate_pair_is_text(lone_gateway):
+    # two escapes that make one character pass the check and are routed; the missing upstream answers 503
+    body = b'{"model": "auto", "messages": [{"role": "user", "content": "contract \\ud83d\\ude00 breach"}]}'
+    r = httpx.post(f"{lone_gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable", r.text
+
+
 def test_upstream_down_is_503_with_retry_after_and_not_ready(lone_gateway):
     r = httpx.post(f"{lone_gateway.url}/v1/chat/completions",
                    json={"model": "auto", "messages": [{"role": "user", "content": "hello"}]})

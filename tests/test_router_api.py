@@ -74,6 +74,17 @@ def test_onnx_encoders_match_sentence_transformers():
     assert np.all((int8 * ref).sum(1) > 0.95)
 
 
+@pytest.mark.parametrize("backend", ["onnx-int8", "sentence-transformers"])
+def test_a_lone_surrogate_is_encoded_as_a_replacement_character_not_an_error(backend):
+    # Python strings can hold lone surrogates (a JSON "\\ud800" escape, argv bytes the locale cannot decode), and
+    # tokenizers refuse them with a TypeError; the encoder reads them as U+FFFD, one text or many
+    enc = build_encoder(backend)
+    bad, clean = "a contract \udce9 clause", "a contract \ufffd clause"
+    assert np.allclose(enc.encode_one(bad), enc.encode_one(clean), atol=1e-6)
+    both = enc.encode([bad, "hello"])
+    assert np.allclose(both, enc.encode([clean, "hello"]), atol=1e-6) and np.isfinite(both).all()
+
+
 def test_encoders_without_token_type_ids_work_on_every_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     model = encoder_without_token_types(tmp_path / "distil")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CONFIG, DESCRIPTIONS, EXAMPLES, run_cli
+from conftest import CLI, DEMO_CONFIG, DESCRIPTIONS, EXAMPLES, REPO, run_cli
 
 
 def test_train_prints_validation_and_saves_inspectable_router(example_router):
@@ -78,6 +79,20 @@ def test_predict_routes_obvious_prompts(example_router):
     assert all(len(o["top"]) == 3 and 0 <= o["probability"] <= 1 for o in out)
 
 
+def test_predict_names_a_text_that_is_not_utf8_and_reads_escaped_emoji(example_router, tmp_path):
+    # argv bytes that are not UTF-8 reach Python as lone surrogates: one line naming the text, exit 2
+    raw = [*(a.encode() for a in CLI), b"route", b"predict", b"--router", str(example_router).encode(),
+           b"fine text", b"caf\xe9 contract"]
+    r = subprocess.run(raw, capture_output=True, cwd=REPO)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 2 and err == "error: TEXT 2: not valid UTF-8 (character 3)", err
+    # a surrogate pair written as two escapes is one character (an emoji), valid text
+    f = _write(tmp_path, "emoji.jsonl", b'{"text": "contract \\ud83d\\ude00 breach", "label": "legal"}\n'
+                                        b'{"text": "hello there", "label": "general"}\n')
+    r = run_cli("route", "eval", "--router", example_router, "--data", f, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["per_label"]["legal"]["support"] == 1, r.stderr
+
+
 def test_bench_json_keys(example_router):
     r = run_cli("route", "bench", "--router", example_router, "--json", "--n", "30")
     assert r.returncode == 0, r.stderr
@@ -114,6 +129,8 @@ GOOD = b'{"text": "a contract question", "label": "legal"}\n{"text": "hello", "l
     (b'{"text": "a", "label": "legal"}\n{"text": "b", "label": "code"}\n', "fallback route 'general' has no examples"),
     (GOOD + b'{"text": "x", "label": \n', ":3: invalid JSON"),
     (GOOD + b'{"text": "caf\xe9", "label": "legal"}\n', ":3: not valid UTF-8"),
+    (GOOD + b'{"text": "a \\ud800 contract", "label": "legal"}\n', ":3: field 'text' is not valid Unicode"),
+    (GOOD + b'{"text": "x", "label": "legal", "source": "s\\udfff"}\n', ":3: field 'source' is not valid Unicode"),
     (b'["not", "an", "object"]\n', ":1: expected a JSON object"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, content, expect):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +11,14 @@ from typing import Sequence
 import numpy as np
 
 from classifier.errors import InputError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_for_tokenizer(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (from a JSON \\ud800 escape, or undecodable bytes read with Python's
+    surrogateescape) replaced by U+FFFD: tokenizers refuse them outright."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class Encoder(ABC):
@@ -36,6 +45,8 @@ class Encoder(ABC):
         """Embed `texts` in batches (shortest first, so padding stays small), optionally with a progress bar."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if any(not t.isascii() and _SURROGATE.search(t) for t in texts):
+            texts = [text_for_tokenizer(t) for t in texts]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         batches = length_batches(texts, batch_size)
         if progress:
@@ -53,7 +64,12 @@ class Encoder(ABC):
         return out / np.maximum(norms, 1e-12)
 
     def encode_one(self, text: str) -> np.ndarray:
-        vec = self._encode_single(text)
+        try:
+            vec = self._encode_single(text)
+        except TypeError:  # the tokenizer's answer to a lone surrogate; checked here, off the common path
+            if not _SURROGATE.search(text):
+                raise
+            vec = self._encode_single(text_for_tokenizer(text))
         return vec / max(float(np.linalg.norm(vec)), 1e-12)
 
     def warm_up(self) -> None:
