@@ -133,19 +133,49 @@ def source_family(source: str | None) -> str | None:
     return f"{dataset}/{subset.split('_', 1)[0]}" if subset else dataset
 
 
-def load_descriptions(path: str | Path) -> dict[str, list[str]]:
-    """A YAML (or JSON) mapping of route name to a description line or a list of topic lines."""
+def read_yaml(path: Path):
+    """Parse a YAML (or JSON) file strictly: UTF-8, no key given twice in one mapping (plain YAML keeps the last
+    one silently), no string with a lone surrogate. Errors are one line naming the file and line."""
     import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: the base class merges it
+                    continue
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(problem=f"key {key!r} given twice",
+                                                            problem_mark=key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if (bad := lone_surrogate(doc)) is not None:
+        raise InputError(f"{path}: {bad}: not valid Unicode (a lone surrogate in a \\u escape)")
+    return doc
+
+
+def load_descriptions(path: str | Path) -> dict[str, list[str]]:
+    """A YAML (or JSON) mapping of route name to a description line or a list of topic lines."""
     from classifier.topics import as_lines
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not valid YAML/JSON ({type(exc).__name__})") from None
+    doc = read_yaml(p)
     if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
         raise InputError(f"{p}: expected a mapping of route name to a line or a list of lines")
     return {k: as_lines(v, f"{p}: route {k!r}") for k, v in doc.items()}

@@ -231,3 +231,6 @@ def test_descriptions_file_with_a_bad_entry_names_the_route(tmp_path):
     d.write_text("legal: {a: 1}\n")
     r = run_cli("route", "train", "--data", EXAMPLES, "--out", tmp_path / "r", "--descriptions", d)
     assert r.returncode == 2 and "route 'legal'" in r.stderr and "Traceback" not in r.stderr
+    d.write_text("legal: contracts and courts\ncode: programs\nlegal: statutes\n")  # plain YAML keeps the last
+    r = run_cli("route", "train", "--data", EXAMPLES, "--out", tmp_path / "r", "--descriptions", d)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {d}:3: invalid YAML (key 'legal' given twice)", r.stderr

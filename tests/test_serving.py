@@ -122,6 +122,33 @@ def test_unknown_config_key(tmp_path):
     assert "routes.yaml" in line
 
 
+@pytest.mark.parametrize("extra, expect", [
+    ("gateway:\n  port: 9000\n", "routes.yaml:{n}: invalid YAML (key 'gateway' given twice)"),
+    ("extra: {port: 9001, port: 9002}\n", "routes.yaml:{n}: invalid YAML (key 'port' given twice)"),
+    ('logging: {note: "a\\ud800"}\n', "routes.yaml: logging.note: not valid Unicode"),
+])
+def test_a_key_given_twice_or_a_lone_surrogate_is_refused_with_its_line(tmp_path, extra, expect):
+    # plain YAML keeps the last of two equal keys without a word; routes.yaml says where the second one is
+    text = (REPO / "deploy" / "routes.demo.yaml").read_text()
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text.replace("adapter_root: adapters", f"adapter_root: {REPO / 'deploy' / 'adapters'}") + extra)
+    r = run_cli("serve", "--config", cfg, "--no-vllm")
+    line = expect.format(n=len(text.splitlines()) + 1)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/{line}"), r.stderr[-1500:]
+    assert "Traceback" not in r.stderr
+
+
+def test_yaml_merge_keys_still_work_in_routes_yaml(tmp_path):
+    from gateway.config import load_config
+
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text((REPO / "deploy" / "routes.demo.yaml").read_text().replace("adapter_root: adapters", f"adapter_root: {REPO / 'deploy' / 'adapters'}")
+                   .replace("gateway:\n  host: 127.0.0.1", "gateway: &listen\n  host: 127.0.0.1")
+                   .replace("vllm:\n  host: 127.0.0.1", "vllm:\n  <<: *listen"))
+    loaded = load_config(cfg)
+    assert loaded.vllm.host == "127.0.0.1" and loaded.vllm.port == 8001 and loaded.gateway.port == 8000
+
+
 def test_missing_model_files(tmp_path):
     _assert_refused(tmp_path, lambda d: d["base"].update(path=str(tmp_path)), "base model files missing")
 
