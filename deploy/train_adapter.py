@@ -102,6 +102,20 @@ def window(n: int, answer: int, max_length: int, truncate: str) -> int:
     return max(0, min(n - max_length, answer - max_length // 2))
 
 
+def check_targets(targets: list[str], model, base: Path) -> None:
+    """--target names linear layers of the base model (peft's own error is a traceback)."""
+    import torch
+
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and name != "lm_head"})
+    unknown = [t for t in targets if t not in linear]
+    choices = f"{', '.join(linear)}, or all-linear"
+    if not targets:
+        raise InputError(f"--target: no module given (linear layers of {base}: {choices})")
+    if unknown:
+        raise InputError(f"--target: {', '.join(unknown)}: not a linear layer of {base} (choose from {choices})")
+
+
 def train(base: Path, data: Path, out: Path, recipe: Recipe, log=print) -> Path:
     import numpy as np
     import torch
@@ -116,7 +130,6 @@ def train(base: Path, data: Path, out: Path, recipe: Recipe, log=print) -> Path:
     if recipe.truncate not in TRUNCATE:
         raise InputError(f"--truncate '{recipe.truncate}': expected one of {', '.join(TRUNCATE)}")
     chats = load_chats(Path(data))
-    out.mkdir(parents=True, exist_ok=True)
     random.seed(recipe.seed)
     np.random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -136,6 +149,8 @@ def train(base: Path, data: Path, out: Path, recipe: Recipe, log=print) -> Path:
             f"(--truncate {recipe.truncate})" + (f"; {skipped} skipped (no answer token left)" if skipped else ""))
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    check_targets(recipe.target_modules, model, base)
+    out.mkdir(parents=True, exist_ok=True)
     config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
                         target_modules=recipe.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)

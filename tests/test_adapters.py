@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 from conftest import CLI, REPO, run_cli
 from safetensors.numpy import load_file
 
@@ -64,6 +65,23 @@ def test_bad_chat_data(tmp_path, base_dir):
     bad.write_text('{"messages": [{"role": "robot", "content": "hi"}]}\n')
     r = run_cli("adapters", "train", "--data", bad, "--out", tmp_path / "o", "--base", base_dir, "--steps", "1")
     assert r.returncode == 2 and "messages[0] needs a role" in r.stderr
+    bad.write_text('{"messages": [{"role": "user", "content": "hi \\udc00"}, {"role": "assistant", "content": "yo"}]}\n')
+    r = run_cli("adapters", "train", "--data", bad, "--out", tmp_path / "o", "--base", base_dir, "--steps", "1")
+    assert r.returncode == 2 and f"{bad}:1: field 'messages[0].content' is not valid Unicode" in r.stderr
+
+
+@pytest.mark.parametrize("target, expect", [
+    ("q_proj,foo", "--target: foo: not a linear layer of"),
+    (",", "--target: no module given"),
+])
+def test_a_target_module_the_model_lacks_is_one_line_naming_the_choices(tmp_path, base_dir, target, expect):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    r = run_cli("adapters", "train", "--data", good, "--out", tmp_path / "o", "--base", base_dir, "--steps", "1",
+                "--target", target)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and expect in last and "q_proj, up_proj, v_proj, or all-linear" in last, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
 
 
 def test_long_chats_keep_their_answer(tmp_path, base_dir):
