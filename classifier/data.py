@@ -52,6 +52,16 @@ def lone_surrogate(obj, path: str = "") -> str | None:
     return None
 
 
+def _lone_surrogate_shown(obj) -> str | None:
+    """`lone_surrogate` for an error line: a path of at most 100 characters; a structure nested too deeply
+    to walk counts as one (a parser that accepted it still hands it on)."""
+    try:
+        where = lone_surrogate(obj)
+    except RecursionError:
+        return "(nested too deeply to check)"
+    return where if where is None or len(where) <= 100 else f"{where[:97]}..."
+
+
 def _field(obj: dict, key: str, where: str, required: bool) -> str | None:
     if key not in obj:
         if required:
@@ -85,9 +95,11 @@ def read_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], str]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(f"{p}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if ESCAPED_SURROGATE.search(line) and (bad := lone_surrogate(obj)) is not None:
+        if ESCAPED_SURROGATE.search(line) and (bad := _lone_surrogate_shown(obj)) is not None:
             raise InputError(f"{p}:{lineno}: field '{bad}' is not valid Unicode (a lone surrogate in a \\u escape)")
         rows.append((lineno, obj))
     if not rows:
@@ -159,11 +171,13 @@ def read_yaml(path: Path):
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise InputError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if (bad := lone_surrogate(doc)) is not None:
+    if (bad := _lone_surrogate_shown(doc)) is not None:
         raise InputError(f"{path}: {bad}: not valid Unicode (a lone surrogate in a \\u escape)")
     return doc
 

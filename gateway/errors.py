@@ -19,6 +19,11 @@ _TYPES = {
 }
 
 
+#: FastAPI's message when reading the body raised something other than a JSON syntax error: with UTF-8 checked
+#: before (limits.py), that is a RecursionError from a body nested thousands of levels deep
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 class GatewayError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -63,6 +68,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:  # its parser raised something not JSON's
+            return error_response(400, "request body could not be parsed as JSON (nested too deeply?)", code="invalid_json")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -26,10 +26,11 @@ def text_problem(raw: bytes) -> tuple[str, str | None] | None:
             return f"request body is not valid UTF-8 (byte {exc.start}: 0x{raw[exc.start]:02x})", None
     if ESCAPED_SURROGATE.search(raw):
         try:
-            doc = json.loads(raw)
-        except ValueError:
+            where = lone_surrogate(json.loads(raw))
+        except (ValueError, RecursionError):
             return None  # the endpoint's own parser names the JSON error
-        if (where := lone_surrogate(doc)) is not None:
+        if where is not None:
+            where = where if len(where) <= 100 else f"{where[:97]}..."
             return f"'{where}': not valid Unicode (a lone surrogate in a \\u escape)", where
     return None
 

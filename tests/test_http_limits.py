@@ -58,6 +58,20 @@ def test_a_body_that_is_not_text_is_a_400_naming_the_field(lone_gateway, body, f
     assert r.headers.get("connection") != "close"  # the body was read whole: the connection stays usable
 
 
+def test_a_body_nested_thousands_deep_is_a_400_not_a_500(lone_gateway):
+    head = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "x": '
+    for inner in (b"", b'"\\ud800"'):  # too deep for Python's JSON parser, with and without a surrogate
+        body = head + b"[" * 5000 + inner + b"]" * 5000 + b"}"
+        r = httpx.post(f"{lone_gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json", r.text[:300]
+        assert "nested too deeply" in r.json()["error"]["message"]
+    # deep enough to name, not too deep to parse: the field's path is cut to 100 characters
+    body = head + b"[" * 500 + b'"\\ud800"' + b"]" * 500 + b"}"
+    r = httpx.post(f"{lone_gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"].startswith("x[0][0]") and len(err["param"]) == 100, r.text[:300]
+
+
 def test_an_emoji_written_as_a_surrogate_pair_is_text(lone_gateway):
     # two escapes that make one character pass the check and are routed; the missing upstream answers 503
     body = b'{"model": "auto", "messages": [{"role": "user", "content": "contract \\ud83d\\ude00 breach"}]}'

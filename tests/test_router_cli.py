@@ -132,6 +132,7 @@ GOOD = b'{"text": "a contract question", "label": "legal"}\n{"text": "hello", "l
     (GOOD + b'{"text": "a \\ud800 contract", "label": "legal"}\n', ":3: field 'text' is not valid Unicode"),
     (GOOD + b'{"text": "x", "label": "legal", "source": "s\\udfff"}\n', ":3: field 'source' is not valid Unicode"),
     (b'["not", "an", "object"]\n', ":1: expected a JSON object"),
+    pytest.param(GOOD + b"[" * 100_000 + b"]" * 100_000 + b"\n", ":3: JSON nested too deeply", id="nested-100k-deep"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, content, expect):
     f = _write(tmp_path, "bad.jsonl", content)

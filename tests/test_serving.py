@@ -126,8 +126,9 @@ def test_unknown_config_key(tmp_path):
     ("gateway:\n  port: 9000\n", "routes.yaml:{n}: invalid YAML (key 'gateway' given twice)"),
     ("extra: {port: 9001, port: 9002}\n", "routes.yaml:{n}: invalid YAML (key 'port' given twice)"),
     ('logging: {note: "a\\ud800"}\n', "routes.yaml: logging.note: not valid Unicode"),
+    pytest.param("deep: " + "[" * 100_000 + "]" * 100_000 + "\n", "routes.yaml: nested too deeply", id="nested-100k-deep"),
 ])
-def test_a_key_given_twice_or_a_lone_surrogate_is_refused_with_its_line(tmp_path, extra, expect):
+def test_a_key_given_twice_a_lone_surrogate_or_deep_nesting_is_refused_in_one_line(tmp_path, extra, expect):
     # plain YAML keeps the last of two equal keys without a word; routes.yaml says where the second one is
     text = (REPO / "deploy" / "routes.demo.yaml").read_text()
     cfg = tmp_path / "routes.yaml"
