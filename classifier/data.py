@@ -52,9 +52,9 @@ def lone_surrogate(obj, path: str = "") -> str | None:
     return None
 
 
-def _lone_surrogate_shown(obj) -> str | None:
+def surrogate_field(obj) -> str | None:
     """`lone_surrogate` for an error line: a path of at most 100 characters; a structure nested too deeply
-    to walk counts as one (a parser that accepted it still hands it on)."""
+    to walk counts as having one (it was only walked because its text holds a surrogate escape)."""
     try:
         where = lone_surrogate(obj)
     except RecursionError:
@@ -99,7 +99,7 @@ def read_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], str]:
             raise InputError(f"{p}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if ESCAPED_SURROGATE.search(line) and (bad := _lone_surrogate_shown(obj)) is not None:
+        if ESCAPED_SURROGATE.search(line) and (bad := surrogate_field(obj)) is not None:
             raise InputError(f"{p}:{lineno}: field '{bad}' is not valid Unicode (a lone surrogate in a \\u escape)")
         rows.append((lineno, obj))
     if not rows:
@@ -177,7 +177,7 @@ def read_yaml(path: Path):
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise InputError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if (bad := _lone_surrogate_shown(doc)) is not None:
+    if (bad := surrogate_field(doc)) is not None:
         raise InputError(f"{path}: {bad}: not valid Unicode (a lone surrogate in a \\u escape)")
     return doc
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 
-from classifier.data import ESCAPED_SURROGATE, lone_surrogate
+from classifier.data import ESCAPED_SURROGATE, surrogate_field
 from gateway.errors import error_body
 
 
 def text_problem(raw: bytes) -> tuple[str, str | None] | None:
     """Why a request body is not JSON text an endpoint can use, with the field at fault, or None when it is.
     JSON travels as UTF-8 (RFC 8259), and a string with a lone UTF-16 surrogate (`"\\ud800"`) is valid JSON
-    but no text: the router's tokenizer and vLLM's refuse it. Costs a scan of the bytes; the parse only
-    happens for a body that has a surrogate escape at all (emoji written as escape pairs pass)."""
+    but no text: the router's tokenizer refuses it (Hugging Face `tokenizers`, as vLLM's models use). Costs a
+    scan of the bytes; the parse only happens for a body that has a surrogate escape at all (emoji written as
+    escape pairs pass)."""
     if not raw.isascii():
         try:
             raw.decode("utf-8")
@@ -26,11 +27,10 @@ def text_problem(raw: bytes) -> tuple[str, str | None] | None:
             return f"request body is not valid UTF-8 (byte {exc.start}: 0x{raw[exc.start]:02x})", None
     if ESCAPED_SURROGATE.search(raw):
         try:
-            where = lone_surrogate(json.loads(raw))
+            where = surrogate_field(json.loads(raw))
         except (ValueError, RecursionError):
             return None  # the endpoint's own parser names the JSON error
         if where is not None:
-            where = where if len(where) <= 100 else f"{where[:97]}..."
             return f"'{where}': not valid Unicode (a lone surrogate in a \\u escape)", where
     return None
 
