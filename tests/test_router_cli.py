@@ -197,6 +197,8 @@ def test_eval_unknown_label_and_missing_router(tmp_path, example_router):
     assert r.returncode == 2 and "astrology" in r.stderr and str(f) in r.stderr and "Traceback" not in r.stderr
     r = run_cli("route", "eval", "--router", tmp_path / "nope", "--data", f)
     assert r.returncode == 2 and "router directory not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("route", "eval", "--router", f, "--data", f)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {f}: is a file, not a router directory", r.stderr
 
 
 def test_missing_data_file(tmp_path):

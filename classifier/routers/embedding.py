@@ -189,7 +189,7 @@ class EmbeddingRouter(Router):
     def load(cls, path: str | Path, encoder: Encoder | None = None, encoder_model: str | Path | None = None) -> "EmbeddingRouter":
         path = Path(path)
         if not path.is_dir():
-            raise InputError(f"{path}: router directory not found")
+            raise InputError(f"{path}: " + ("is a file, not a router directory" if path.exists() else "router directory not found"))
         doc_path, head_path = path / ROUTER_FILE, path / HEAD_FILE
         for f in (doc_path, head_path):
             if not f.is_file():
