@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,12 +41,32 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
+#: a union's branch in a pydantic error location ('str', 'list[ContentPart]', 'ContentPart', ...), not a field
+_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|\w+\[.*\])$")
+
+
+def _clean(loc) -> tuple:
+    return tuple(p for p in loc if p != "body" and not (isinstance(p, str) and _BRANCH.match(p)))
+
+
 def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    parts = [str(p) for p in _clean(loc)]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out or "body"
+
+
+def _most_specific(errors: list[dict]) -> tuple[dict, list[dict]]:
+    """The error to report, and the other union branches that failed at the same place. For a field whose type
+    is a union pydantic reports one error per branch; the deepest one under the first error's field says what is
+    wrong (`messages[0].content[0].text`, not the string branch of `messages[0].content`)."""
+    first = _clean(errors[0].get("loc", ()))
+    same = [e for e in errors if _clean(e.get("loc", ()))[:len(first)] == first]
+    depth = max(len(_clean(e.get("loc", ()))) for e in same)
+    deepest = [e for e in same if len(_clean(e.get("loc", ()))) == depth]
+    at = _clean(deepest[0].get("loc", ()))
+    return deepest[0], [e for e in deepest[1:] if _clean(e.get("loc", ())) == at and e["msg"] != deepest[0]["msg"]]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -55,7 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
-        err = exc.errors()[0]
+        err, also = _most_specific(exc.errors())
         if err.get("type") == "json_invalid":
             return error_response(400, f"request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}",
                                   code="invalid_json")
@@ -64,6 +85,9 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = f"'{field}' is required"
         else:
             msg = f"'{field}': {err['msg']}"
+            wants = [e["msg"].split(",")[0] for e in (err, *also) if e["msg"].startswith("Input should be ")]
+            if also and len(wants) == 1 + len(also):  # no branch of a union fits: "... a valid string or a valid list"
+                msg = f"'{field}': " + " or ".join([wants[0], *(w[len("Input should be "):] for w in wants[1:])])
         return error_response(400, msg, param=field, code="invalid_value")
 
     @app.exception_handler(StarletteHTTPException)

@@ -85,3 +85,21 @@ def test_upstream_down_is_503_with_retry_after_and_not_ready(lone_gateway):
     assert r.status_code == 503 and r.headers["retry-after"] and r.json()["error"]["code"] == "upstream_unavailable"
     r = httpx.get(f"{lone_gateway.url}/ready")
     assert r.status_code == 503 and r.json() == {"ready": False, "router": True, "upstream": False}
+
+
+@pytest.mark.parametrize("path, body, field, says", [
+    # a wrong part inside a list: the part's field is named, not the union's string branch ('content.str')
+    ("chat/completions", {"model": "auto", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content[0].text", "Input should be a valid string"),
+    # no branch fits at all: every branch is said
+    ("chat/completions", {"model": "auto", "messages": [{"role": "user", "content": 5}]},
+     "messages[0].content", "Input should be a valid string or a valid list"),
+    ("chat/completions", {"model": "auto", "messages": [{"role": "user", "content": "x"}], "logprobs": "many"},
+     "logprobs", "Input should be a valid boolean or a valid integer"),
+])
+def test_a_wrong_field_inside_a_union_is_named_exactly(lone_gateway, path, body, field, says):
+    r = httpx.post(f"{lone_gateway.url}/v1/{path}", json=body)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == field and says in err["message"], r.text
+    assert err["message"].startswith(f"'{field}'") and "\n" not in err["message"]
+
