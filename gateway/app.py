@@ -25,6 +25,7 @@ from gateway.loop_lag import watch_loop_lag
 from gateway.models.api_router import router as models_router
 from gateway.observability import setup_logging
 from gateway.proxy import Proxy
+from gateway.responses.api_router import router as responses_router
 from gateway.state import GatewayState
 from gateway.upstream import upstream_client
 
@@ -77,8 +78,8 @@ def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: Embedd
     app = FastAPI(title="forgetless gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible endpoint that routes each request to the right LoRA adapter.")
     app.state.gateway = state
-    app.state.proxies = {name: Proxy(state, name) for name in ("chat/completions", "completions")}
-    for r in (chat_router, completions_router, models_router, health_router, admin_router):
+    app.state.proxies = {name: Proxy(state, name) for name in ("chat/completions", "completions", "responses")}
+    for r in (chat_router, completions_router, responses_router, models_router, health_router, admin_router):
         app.include_router(r)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes, timeout=cfg.gateway.body_timeout)

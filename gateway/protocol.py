@@ -56,3 +56,29 @@ class CompletionRequest(SamplingFields):
     echo: Optional[bool] = None
     suffix: Optional[str] = None
     best_of: Optional[int] = Field(None, ge=1, le=128)
+
+
+class ResponseInputItem(_Open):
+    """One item of a Responses `input` list: a message (`role` + `content`) or another item type
+    (`function_call_output`, `item_reference`, ...), which passes through unread."""
+    type: Optional[str] = None
+    role: Optional[Literal["system", "developer", "user", "assistant"]] = None
+    content: Optional[Union[str, list[ContentPart]]] = None
+
+
+class ResponsesRequest(_Open):
+    """OpenAI Responses API (`client.responses.create`)."""
+    model: str = Field(min_length=1, max_length=256)
+    input: Union[str, list[ResponseInputItem]]
+    instructions: Optional[str] = None
+    stream: Optional[bool] = False
+    max_output_tokens: Optional[int] = Field(None, ge=1, le=1_000_000)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(None, ge=0.0, le=1.0)
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    text: Optional[dict[str, Any]] = None
+    previous_response_id: Optional[str] = None
+    metadata: Optional[dict[str, Any]] = None
+    user: Optional[str] = None

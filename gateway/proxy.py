@@ -19,7 +19,12 @@ from gateway.state import GatewayState, Target
 from gateway.upstream_gate import computes_prompt_logprobs
 
 log = logging.getLogger("forgetless.gateway")
-_HOP = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive", "server", "date"}
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive", "server", "date"}
+
+
+#: usage fields -> the tokens metric's kind: chat and completions say prompt/completion, the Responses API input/output
+_USAGE_KINDS = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
+                ("input_tokens", "prompt"), ("output_tokens", "completion"))
 
 
 def result_headers(target: Target, request_id: str) -> dict[str, str]:
@@ -38,8 +43,11 @@ def result_headers(target: Target, request_id: str) -> dict[str, str]:
 
 
 def _retryable(status: int, body: bytes) -> bool:
-    """An adapter-side failure worth retrying on the base: 5xx, or vLLM not knowing the adapter (unloaded)."""
-    return status >= 500 or (status == 404 and (b"does not exist" in body or b"not found" in body.lower()))
+    """An adapter-side failure worth retrying on the base: 5xx, or vLLM not knowing the adapter (unloaded); not a
+    404 for a stored response vLLM does not have (a Responses request's `previous_response_id`)."""
+    if status >= 500:
+        return True
+    return status == 404 and (b"does not exist" in body or b"not found" in body.lower()) and b'"response_id"' not in body
 
 
 class Proxy:
@@ -139,9 +147,9 @@ class Proxy:
 
     def _count_usage(self, route: str, usage: dict | None) -> None:
         if isinstance(usage, dict):
-            for kind in ("prompt_tokens", "completion_tokens"):
+            for kind, label in _USAGE_KINDS:
                 if isinstance(usage.get(kind), int):
-                    self.state.metrics.tokens.labels(route, kind.split("_")[0]).inc(usage[kind])
+                    self.state.metrics.tokens.labels(route, label).inc(usage[kind])
 
     async def _finish(self, request, resp: httpx.Response, target, request_id, started, stream, routing_text) -> Response:
         content = resp.content
@@ -153,7 +161,7 @@ class Proxy:
                 doc = json.loads(content)
                 self._count_usage(route, doc.get("usage"))
                 if self.state.cfg.gateway.log_content:
-                    completion = json.dumps(doc.get("choices"))[:4000]
+                    completion = json.dumps(doc.get("choices", doc.get("output")))[:4000]
             except ValueError:
                 pass
         else:
@@ -161,7 +169,7 @@ class Proxy:
         if target.fallback:
             self.state.metrics.fallbacks.labels(route, target.fallback).inc()
         self._log(request, target, request_id, started, resp.status_code, stream, routing_text, completion)
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
         headers.update(result_headers(target, request_id))
         return Response(content, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
 
@@ -180,8 +188,7 @@ class Proxy:
                     if time.perf_counter() - started > total:  # the whole stream is over its time budget
                         status = 504
                         state.metrics.errors.labels(route, "upstream_timeout").inc()
-                        err = error_body(504, f"stream exceeded the {total:g} s total timeout", code="upstream_timeout")
-                        yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+                        yield self._stream_error(504, f"stream exceeded the {total:g} s total timeout", "upstream_timeout")
                         return
                     if first:
                         state.metrics.ttft_s.labels(route).observe(time.perf_counter() - started)
@@ -192,8 +199,7 @@ class Proxy:
             except httpx.HTTPError as exc:  # upstream died mid-stream: end the client's stream with an error event
                 status = 502
                 state.metrics.errors.labels(route, "stream_interrupted").inc()
-                err = error_body(502, f"upstream stream interrupted ({type(exc).__name__})", code="upstream_stream_error")
-                yield f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+                yield self._stream_error(502, f"upstream stream interrupted ({type(exc).__name__})", "upstream_stream_error")
             finally:
                 await resp.aclose()  # on client disconnect too: closing the connection aborts the vLLM request
                 await release()
@@ -206,13 +212,25 @@ class Proxy:
         return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers,
                                  background=BackgroundTask(release))
 
+    def _stream_error(self, status: int, message: str, code: str) -> bytes:
+        """The event that ends a relayed stream on a failure. OpenAI's client raises APIError on a data line with
+        an `error` object; a Responses stream also says `event: error` with the fields of its error event."""
+        err = error_body(status, message, code=code)
+        if self.endpoint == "responses":
+            doc = {"type": "error", "code": code, "message": message, "param": None, **err}
+            return f"event: error\ndata: {json.dumps(doc)}\n\n".encode()
+        return f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+
     def _usage_from_sse(self, route: str, chunk: bytes) -> None:
         for line in chunk.split(b"\n"):
             if line.startswith(b"data: {") and b'"usage"' in line:
                 try:
-                    self._count_usage(route, json.loads(line[6:]).get("usage"))
+                    doc = json.loads(line[6:])
                 except ValueError:
-                    pass
+                    continue
+                if isinstance(doc, dict):  # the Responses API gives usage in its response.completed event
+                    usage = doc.get("usage") or (doc.get("response") or {}).get("usage")
+                    self._count_usage(route, usage)
 
     def _fail(self, request, target, request_id, started, status, message, code, routing_text, retry_after=False) -> Response:
         route = target.route or target.model

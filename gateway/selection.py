@@ -11,11 +11,14 @@ from gateway.state import GatewayState, Target
 ROUTE_HEADER = "x-forgetless-route"
 
 
+_TEXT_PARTS = ("text", "input_text")  # chat's text parts; the Responses API's
+
+
 def _text_of(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # multimodal parts: route on the text parts only
-        return "\n".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") in _TEXT_PARTS)
     return ""
 
 
@@ -26,6 +29,18 @@ def chat_routing_text(messages: list[dict], policy: RouterConfig) -> str:
         return users[-1] if users else ""
     system = [_text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
     return "\n".join([*system, *users[-policy.last_k:]]).strip()
+
+
+def responses_routing_text(body: dict, policy: RouterConfig) -> str:
+    """The Responses API's conversation read as chat messages: `instructions` is the system prompt, a string
+    `input` one user turn, and the message items of a list `input` (other items, e.g. tool output, are skipped)."""
+    messages = [{"role": "system", "content": body["instructions"]}] if isinstance(body.get("instructions"), str) else []
+    given = body["input"]
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    else:
+        messages += [m for m in given if isinstance(m, dict) and m.get("type") in (None, "message") and "role" in m]
+    return chat_routing_text(messages, policy)
 
 
 def completion_routing_text(prompt) -> str:

@@ -132,6 +132,44 @@ def test_errors_are_openai_shaped_and_raise_normal_exceptions(client, gateway):
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
+def test_responses_api_is_routed_streamed_and_counted(client, gateway, vllm):
+    # the Responses API (client.responses.*): routed on the input like a chat, the same text streamed or not,
+    # the body and every event naming the adapter, token usage counted for the route
+    prompt = "Is a non-compete clause in my employment contract enforceable after I resign?"
+    def tokens(kind: str) -> float:  # 0 before the route's first request
+        line = f'forgetless_tokens_total{{kind="{kind}",route="legal"}}'
+        return metric(gateway.url, line) if line in httpx.get(f"{gateway.url}/metrics").text else 0.0
+
+    before = {k: tokens(k) for k in ("prompt", "completion")}
+    raw = client.responses.with_raw_response.create(model="auto", input=prompt, max_output_tokens=16, temperature=0)
+    whole = raw.parse()
+    assert raw.headers["x-forgetless-route"] == "legal" and whole.model == "legal" and whole.output_text
+    direct = openai.OpenAI(base_url=f"{vllm.url}/v1", api_key="unused", max_retries=0).responses.create(
+        model="legal", input=prompt, max_output_tokens=16, temperature=0)
+    assert direct.output_text == whole.output_text
+    events = list(client.responses.create(model="auto", stream=True, max_output_tokens=16, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": prompt}]}]))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
+    done = events[-1]
+    assert done.type == "response.completed" and done.response.model == "legal"
+    after = {k: tokens(k) for k in ("prompt", "completion")}
+    assert after["prompt"] - before["prompt"] == whole.usage.input_tokens + done.response.usage.input_tokens
+    assert after["completion"] - before["completion"] == whole.usage.output_tokens + done.response.usage.output_tokens
+    # instructions and an explicit model; errors raise the client's normal exceptions
+    r = client.responses.with_raw_response.create(model="code", instructions="Answer in one word.",
+                                                  input="Who wrote War and Peace?", max_output_tokens=4)
+    assert r.parse().model == "code" and "x-forgetless-route" not in r.headers
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="gpt-4o", input="x")
+    with pytest.raises(openai.NotFoundError, match="not found"):  # vLLM keeps no responses unless told to
+        client.responses.retrieve("resp_0123456789abcdef")
+    # a previous response vLLM does not have is the client's 404, not an adapter failure retried on the base
+    r = httpx.post(f"{gateway.url}/v1/responses", timeout=60, json={
+        "model": "auto", "input": prompt, "previous_response_id": "resp_0123456789abcdef", "max_output_tokens": 4})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "response_id", r.text
+    assert r.headers["x-forgetless-model"] == "legal" and "x-forgetless-fallback" not in r.headers
+
+
 def test_unloaded_adapter_falls_back_to_base(gateway, vllm):
     from openai import OpenAI
 
@@ -387,6 +425,24 @@ def test_stream_total_timeout_ends_with_error_event(vllm, demo_cfg):
                 "messages": [{"role": "user", "content": "Tell me a long story."}]}) as r:
             text = "".join(r.iter_text())
     assert '"code": "upstream_timeout"' in text and text.rstrip().endswith("data: [DONE]")
+
+
+def test_responses_stream_timeout_raises_in_the_client(vllm, demo_cfg):
+    # a Responses stream cut by the total timeout ends with an `event: error` the openai client raises on
+    from gateway.app import create_app
+    from gateway.config import Secrets
+
+    cfg = demo_cfg.model_copy(deep=True)
+    cfg.gateway.port = free_port()
+    cfg.gateway.timeouts.total = 1.0
+    with ThreadedGateway(create_app(cfg, Secrets(_env_file=None)), cfg.gateway.host, cfg.gateway.port) as gw:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        seen = []
+        with pytest.raises(openai.APIError, match="total timeout") as e:
+            for event in client.responses.create(model="auto", input="Tell me a long story.", stream=True,
+                                                 max_output_tokens=400, extra_body={"ignore_eos": True}):
+                seen.append(event.type)
+    assert e.value.body["code"] == "upstream_timeout" and "response.output_text.delta" in seen
 
 
 def test_sure_only_route_serves_sure_prompts_and_sends_the_rest_to_base(vllm, demo_cfg, tmp_path):

@@ -96,6 +96,10 @@ def test_upstream_down_is_503_with_retry_after_and_not_ready(lone_gateway):
      "messages[0].content", "Input should be a valid string or a valid list"),
     ("chat/completions", {"model": "auto", "messages": [{"role": "user", "content": "x"}], "logprobs": "many"},
      "logprobs", "Input should be a valid boolean or a valid integer"),
+    ("responses", {"model": "auto", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "'user'"),
+    ("responses", {"model": "auto", "input": 5}, "input", "Input should be a valid string or a valid list"),
+    ("responses", {"model": "auto", "input": "x", "max_output_tokens": 0}, "max_output_tokens", "greater than or equal to 1"),
+    ("responses", {"model": "auto"}, "input", "'input' is required"),
 ])
 def test_a_wrong_field_inside_a_union_is_named_exactly(lone_gateway, path, body, field, says):
     r = httpx.post(f"{lone_gateway.url}/v1/{path}", json=body)
@@ -103,3 +107,11 @@ def test_a_wrong_field_inside_a_union_is_named_exactly(lone_gateway, path, body,
     assert r.status_code == 400 and err["param"] == field and says in err["message"], r.text
     assert err["message"].startswith(f"'{field}'") and "\n" not in err["message"]
 
+
+def test_responses_are_routed_before_the_missing_upstream_answers(lone_gateway):
+    # the Responses API reaches the router (its route is in the headers) and the upstream call: 503, not 404
+    r = httpx.post(f"{lone_gateway.url}/v1/responses", json={"model": "auto", "input": "Is a verbal agreement binding?"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable", r.text
+    assert r.headers["x-forgetless-route"] == "legal"
+    r = httpx.get(f"{lone_gateway.url}/v1/responses/resp_1")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable", r.text

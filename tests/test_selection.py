@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.config import RouterConfig
-from gateway.selection import chat_routing_text, completion_routing_text
+from gateway.selection import chat_routing_text, completion_routing_text, responses_routing_text
 
 MSGS = [
     {"role": "system", "content": "You are a contracts assistant."},
@@ -29,3 +29,19 @@ def test_completion_prompts():
     assert completion_routing_text("def f():") == "def f():"
     assert completion_routing_text(["a", "b"]) == "a"
     assert completion_routing_text([1, 2, 3]) == ""  # token ids: the base model answers
+
+
+def test_responses_input_read_like_a_chat():
+    last, sys_k = RouterConfig(path="r"), RouterConfig(path="r", policy="system_and_last_k", last_k=2)
+    assert responses_routing_text({"input": "a clause"}, last) == "a clause"
+    body = {"instructions": "You review contracts.", "input": [
+        {"role": "user", "content": "first question"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "an answer"}]},
+        {"type": "function_call_output", "call_id": "c1", "output": "tool text is not read"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "look at this"},
+                                                         {"type": "input_image", "image_url": "x"}]},
+    ]}
+    assert responses_routing_text(body, last) == "look at this"
+    assert responses_routing_text(body, sys_k) == "You review contracts.\nfirst question\nlook at this"
+    # instructions are a system prompt: the last-user policy does not read them
+    assert responses_routing_text({"instructions": "You review contracts.", "input": []}, last) == ""
