@@ -110,6 +110,10 @@ def test_completions_endpoint_routes_on_prompt(client):
 def test_models_lists_virtual_base_and_adapters(client):
     ids = [m.id for m in client.models.list().data]
     assert ids[:2] == ["auto", "smollm2"] and {"legal", "medical", "code", "math", "finance"} <= set(ids)
+    legal = client.models.retrieve("legal")  # one model, as OpenAI's GET /v1/models/{model}
+    assert legal.id == "legal" and legal.parent == "smollm2" and client.models.retrieve("auto").owned_by == "forgetless"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 def test_errors_are_openai_shaped_and_raise_normal_exceptions(client, gateway):

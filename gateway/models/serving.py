@@ -1,5 +1,6 @@
 import time
 
+from gateway.errors import GatewayError
 from gateway.state import GatewayState
 
 _CREATED = int(time.time())
@@ -24,3 +25,10 @@ def list_models(state: GatewayState) -> dict:
         data.append({"id": a.name, "object": "model", "created": _CREATED, "owned_by": "forgetless", "parent": state.base,
                      "forgetless": {"kind": "adapter", "description": a.description}})
     return {"object": "list", "data": data}
+
+
+def retrieve_model(state: GatewayState, name: str) -> dict:
+    for entry in list_models(state)["data"]:
+        if entry["id"] == name:
+            return entry
+    raise GatewayError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
