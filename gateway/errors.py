@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
 import re
 
@@ -47,6 +49,46 @@ _BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|\w+\[.*\])$")
 
 def _clean(loc) -> tuple:
     return tuple(p for p in loc if p != "body" and not (isinstance(p, str) and _BRANCH.match(p)))
+
+
+#: vLLM's validation message: "1 validation error:\n  {'type': ..., 'loc': 'body.top_k', 'msg': ..., ...}"
+_VLLM_DUMP = re.compile(r"^\d+ validation errors?:\s*\n\s*(\{.*?\})\s*(?:\n|$)")
+
+
+def upstream_error_body(status: int, detail: bytes) -> dict:
+    """An error vLLM answered, in OpenAI's shape throughout: the OpenAI `type` for the status (vLLM says "Bad
+    Request" or "BadRequestError"), `param` without vLLM's `body.` prefix, and one line of message (vLLM's
+    multi-line dump of pydantic errors becomes "'top_k': Input should be a valid integer ..." like the
+    gateway's own). Anything that is not vLLM's JSON error keeps its first 500 characters, on one line."""
+    try:
+        doc = json.loads(detail)
+        err = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(err, str):  # {"error": "Unauthorized"}
+            err = {"message": err}
+        if not isinstance(err, dict):
+            raise ValueError
+    except (ValueError, RecursionError):
+        return error_body(status, " ".join(detail.decode(errors="replace").split())[:500] or f"upstream answered {status}")
+    message, param = str(err.get("message") or ""), err.get("param")
+    param = _dotted_field(param) if isinstance(param, str) else None
+    dump = _VLLM_DUMP.match(message)
+    if dump:
+        try:
+            first = ast.literal_eval(dump.group(1))
+            field = _dotted_field(str(first["loc"]))
+            message = f"'{field}': {first['msg']}"
+            param = param or field
+        except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError):
+            pass
+    code = err.get("code")
+    return error_body(status, " ".join(message.split()) or f"upstream answered {status}", param,
+                      code if isinstance(code, str) else None)
+
+
+def _dotted_field(path: str) -> str:
+    """vLLM's 'body.messages.0.content' as the gateway writes fields: 'messages[0].content'."""
+    parts = path.split(".")
+    return _field(tuple(int(p) if p.isdigit() else p for p in parts)) if path else path
 
 
 def _field(loc: tuple) -> str:

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from gateway.errors import error_body, error_response
+from gateway.errors import error_body, error_response, upstream_error_body
 from gateway.state import GatewayState, Target
 from gateway.upstream_gate import computes_prompt_logprobs
 
@@ -171,6 +171,9 @@ class Proxy:
         self._log(request, target, request_id, started, resp.status_code, stream, routing_text, completion)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
         headers.update(result_headers(target, request_id))
+        if resp.status_code >= 400:  # vLLM's refusal, in OpenAI's shape and on one line
+            headers.pop("content-type", None)
+            return JSONResponse(upstream_error_body(resp.status_code, content), status_code=resp.status_code, headers=headers)
         return Response(content, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
 
     def _relay(self, request, resp: httpx.Response, target, request_id, started, routing_text, release) -> StreamingResponse:
@@ -245,10 +248,4 @@ class Proxy:
         route = target.route or target.model
         self.state.metrics.errors.labels(route, f"upstream_{status}").inc()
         self._log(request, target, request_id, started, status, False, routing_text, error=f"upstream_{status}")
-        try:
-            doc = json.loads(detail)
-            if not isinstance(doc, dict) or "error" not in doc:
-                raise ValueError
-        except ValueError:
-            doc = error_body(status, detail.decode(errors="replace")[:500])
-        return JSONResponse(doc, status_code=status, headers=result_headers(target, request_id))
+        return JSONResponse(upstream_error_body(status, detail), status_code=status, headers=result_headers(target, request_id))

@@ -129,6 +129,22 @@ def test_errors_are_openai_shaped_and_raise_normal_exceptions(client, gateway):
                        ({"messages": [{"role": "user", "content": "x"}]}, "model")]:
         r = httpx.post(f"{gateway.url}/v1/chat/completions", json=bad, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    # what vLLM refuses comes back in OpenAI's shape too, on one line, the field named the gateway's way
+    # (vLLM itself says type "Bad Request", param "body.top_k" and a multi-line dump of pydantic's errors)
+    for extra, field, says in [({"top_k": "abc"}, "top_k", "'top_k': Input should be a valid integer"),
+                               ({"min_p": 7}, None, "min_p must be in [0, 1]"),
+                               ({"max_tokens": 5000}, "max_tokens", "cannot be greater than max_model_len"),
+                               ({"max_output_tokens": 5000}, "max_output_tokens", "cannot be greater than max_model_len")]:
+        responses = "max_tokens" not in extra  # the Responses API's own name for it is max_output_tokens
+        chat = {"model": "auto", "messages": [{"role": "user", "content": "x"}], **extra}
+        cases = [("responses", {"model": "auto", "input": "x", **extra})] if responses else []
+        if "max_output_tokens" not in extra:
+            cases += [("chat/completions", chat), ("chat/completions", {**chat, "stream": True})]
+        for path, b in cases:
+            r = httpx.post(f"{gateway.url}/v1/{path}", json=b, timeout=60)
+            err = r.json()["error"]
+            assert r.status_code == 400 and err["type"] == "invalid_request_error" and says in err["message"], r.text
+            assert err["param"] == field and "\n" not in err["message"], r.text
     r = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{nope", timeout=30,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
