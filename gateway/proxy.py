@@ -27,6 +27,16 @@ _USAGE_KINDS = (("prompt_tokens", "prompt"), ("completion_tokens", "completion")
                 ("input_tokens", "prompt"), ("output_tokens", "completion"))
 
 
+def stream_error(endpoint: str, status: int, message: str, code: str) -> bytes:
+    """The event that ends a relayed stream on a failure. OpenAI's client raises APIError on a data line with an
+    `error` object; a Responses stream also says `event: error` with the fields of its error event."""
+    err = error_body(status, message, code=code)
+    if endpoint == "responses":
+        doc = {"type": "error", "code": code, "message": message, "param": None, **err}
+        return f"event: error\ndata: {json.dumps(doc)}\n\n".encode()
+    return f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
+
+
 def result_headers(target: Target, request_id: str) -> dict[str, str]:
     h = {"x-request-id": request_id, "x-forgetless-model": target.model}
     if target.route is not None:
@@ -191,7 +201,7 @@ class Proxy:
                     if time.perf_counter() - started > total:  # the whole stream is over its time budget
                         status = 504
                         state.metrics.errors.labels(route, "upstream_timeout").inc()
-                        yield self._stream_error(504, f"stream exceeded the {total:g} s total timeout", "upstream_timeout")
+                        yield stream_error(self.endpoint, 504, f"stream exceeded the {total:g} s total timeout", "upstream_timeout")
                         return
                     if first:
                         state.metrics.ttft_s.labels(route).observe(time.perf_counter() - started)
@@ -202,7 +212,7 @@ class Proxy:
             except httpx.HTTPError as exc:  # upstream died mid-stream: end the client's stream with an error event
                 status = 502
                 state.metrics.errors.labels(route, "stream_interrupted").inc()
-                yield self._stream_error(502, f"upstream stream interrupted ({type(exc).__name__})", "upstream_stream_error")
+                yield stream_error(self.endpoint, 502, f"upstream stream interrupted ({type(exc).__name__})", "upstream_stream_error")
             finally:
                 await resp.aclose()  # on client disconnect too: closing the connection aborts the vLLM request
                 await release()
@@ -214,15 +224,6 @@ class Proxy:
         # the body's `finally` releases the hold; the background task too, in case the body never starts
         return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers,
                                  background=BackgroundTask(release))
-
-    def _stream_error(self, status: int, message: str, code: str) -> bytes:
-        """The event that ends a relayed stream on a failure. OpenAI's client raises APIError on a data line with
-        an `error` object; a Responses stream also says `event: error` with the fields of its error event."""
-        err = error_body(status, message, code=code)
-        if self.endpoint == "responses":
-            doc = {"type": "error", "code": code, "message": message, "param": None, **err}
-            return f"event: error\ndata: {json.dumps(doc)}\n\n".encode()
-        return f"data: {json.dumps(err)}\n\ndata: [DONE]\n\n".encode()
 
     def _usage_from_sse(self, route: str, chunk: bytes) -> None:
         for line in chunk.split(b"\n"):

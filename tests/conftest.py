@@ -97,6 +97,7 @@ def demo_cfg(tmp_path_factory, example_router):
     cfg.gateway.port = free_port()
     cfg.router.path = example_router
     cfg.router.train_data = None
+    cfg.vllm.env["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"  # stored and background responses (test_gateway)
     return cfg
 
 

@@ -190,6 +190,42 @@ def test_responses_api_is_routed_streamed_and_counted(client, gateway, vllm):
     assert r.headers["x-forgetless-model"] == "legal" and "x-forgetless-fallback" not in r.headers
 
 
+def test_stored_and_background_responses_through_the_gateway(client):
+    # the session's vLLM keeps responses (VLLM_ENABLE_RESPONSES_API_STORE=1): retrieve, replay and cancel them
+    # through the gateway as the openai client does
+    prompt = "Is a non-compete clause in my employment contract enforceable after I resign?"
+    done = client.responses.create(model="auto", input=prompt, max_output_tokens=8, temperature=0, store=True)
+    kept = client.responses.retrieve(done.id)
+    assert (kept.id, kept.model, kept.output_text) == (done.id, "legal", done.output_text)
+    with pytest.raises(openai.BadRequestError, match="synchronous"):
+        client.responses.cancel(done.id)
+    # a background stream read in part, then replayed from where the client stopped
+    stream = client.responses.create(model="auto", input=prompt, max_output_tokens=12, temperature=0, store=True,
+                                     background=True, stream=True)
+    first = []
+    for event in stream:
+        first.append(event)
+        if len(first) == 4:
+            break
+    stream.close()
+    rid = first[0].response.id
+    rest = list(client.responses.retrieve(rid, stream=True, starting_after=first[-1].sequence_number))
+    assert rest[0].sequence_number == first[-1].sequence_number + 1 and rest[-1].type == "response.completed"
+    whole = list(client.responses.retrieve(rid, stream=True))
+    text = "".join(e.delta for e in whole if e.type == "response.output_text.delta")
+    assert text == client.responses.retrieve(rid).output_text == rest[-1].response.output_text and text
+    # a background response cancelled while it runs
+    slow = client.responses.create(model="auto", input="Tell me a long story.", max_output_tokens=300,
+                                   background=True, store=True, extra_body={"ignore_eos": True})
+    assert client.responses.cancel(slow.id).status == "cancelled"
+    # vLLM keeps events only for background streams; it cuts the replay of any other short, which the client
+    # hears as an error event instead of a stream that merely ends
+    with pytest.raises(openai.APIError, match="interrupted"):
+        list(client.responses.retrieve(slow.id, stream=True))
+    with pytest.raises(openai.BadRequestError):  # the gateway's own check of the query
+        client.responses.retrieve(rid, extra_query={"starting_after": -1})
+
+
 def test_unloaded_adapter_falls_back_to_base(gateway, vllm):
     from openai import OpenAI
 

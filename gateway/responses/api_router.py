@@ -1,4 +1,6 @@
-from fastapi import APIRouter, Depends, Request
+from typing import Optional
+
+from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.auth import require_client_key
 from gateway.protocol import ResponsesRequest
@@ -14,9 +16,11 @@ async def create_response(body: ResponsesRequest, request: Request):
 
 
 @router.get("/v1/responses/{response_id}", dependencies=[Depends(require_client_key)])
-async def retrieve_response(response_id: str, request: Request):
-    """A response vLLM stored (its store is off unless VLLM_ENABLE_RESPONSES_API_STORE=1 is set for it)."""
-    return await pass_stored(request, response_id)
+async def retrieve_response(response_id: str, request: Request, stream: bool = False,
+                            starting_after: Optional[int] = Query(None, ge=0)):
+    """A response vLLM stored (its store is off unless VLLM_ENABLE_RESPONSES_API_STORE=1 is set for it);
+    `stream=true` replays its events, from `starting_after` on."""
+    return await pass_stored(request, response_id, params={"stream": stream, "starting_after": starting_after})
 
 
 @router.post("/v1/responses/{response_id}/cancel", dependencies=[Depends(require_client_key)])
