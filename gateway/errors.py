@@ -48,7 +48,10 @@ _BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|\w+\[.*\])$")
 
 
 def _clean(loc) -> tuple:
-    return tuple(p for p in loc if p != "body" and not (isinstance(p, str) and _BRANCH.match(p)))
+    """A pydantic error location as the client wrote the field: without FastAPI's source ('body', 'query', ...)
+    in front and without union branches."""
+    loc = tuple(loc)[1:] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else tuple(loc)
+    return tuple(p for p in loc if not (isinstance(p, str) and _BRANCH.match(p)))
 
 
 #: vLLM's validation message: "1 validation error:\n  {'type': ..., 'loc': 'body.top_k', 'msg': ..., ...}"

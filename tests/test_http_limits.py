@@ -115,3 +115,6 @@ def test_responses_are_routed_before_the_missing_upstream_answers(lone_gateway):
     assert r.headers["x-forgetless-route"] == "legal"
     r = httpx.get(f"{lone_gateway.url}/v1/responses/resp_1")
     assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable", r.text
+    r = httpx.get(f"{lone_gateway.url}/v1/responses/resp_1", params={"starting_after": "-1"})
+    err = r.json()["error"]  # a query parameter is named as the client wrote it, like a body field
+    assert r.status_code == 400 and err["param"] == "starting_after" and err["message"].startswith("'starting_after'"), r.text
