@@ -44,7 +44,7 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 
 
 #: a union's branch in a pydantic error location ('str', 'list[ContentPart]', 'ContentPart', ...), not a field
-_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|\w+\[.*\])$")
+_BRANCH = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|[\w-]+\[.*\])$")
 
 
 def _clean(loc) -> tuple:
