@@ -106,12 +106,11 @@ def _most_specific(errors: list[dict]) -> tuple[dict, list[dict]]:
     """The error to report, and the other union branches that failed at the same place. For a field whose type
     is a union pydantic reports one error per branch; the deepest one under the first error's field says what is
     wrong (`messages[0].content[0].text`, not the string branch of `messages[0].content`)."""
-    first = _clean(errors[0].get("loc", ()))
-    same = [e for e in errors if _clean(e.get("loc", ()))[:len(first)] == first]
-    depth = max(len(_clean(e.get("loc", ()))) for e in same)
-    deepest = [e for e in same if len(_clean(e.get("loc", ()))) == depth]
-    at = _clean(deepest[0].get("loc", ()))
-    return deepest[0], [e for e in deepest[1:] if _clean(e.get("loc", ())) == at and e["msg"] != deepest[0]["msg"]]
+    located = [(_clean(e.get("loc", ())), e) for e in errors]
+    first = located[0][0]
+    under = [(loc, e) for loc, e in located if loc[:len(first)] == first]
+    at, err = max(under, key=lambda le: len(le[0]))  # the first of the deepest
+    return err, [e for loc, e in under if loc == at and e is not err and e["msg"] != err["msg"]]
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -53,11 +53,10 @@ def result_headers(target: Target, request_id: str) -> dict[str, str]:
 
 
 def _retryable(status: int, body: bytes) -> bool:
-    """An adapter-side failure worth retrying on the base: 5xx, or vLLM not knowing the adapter (unloaded); not a
-    404 for a stored response vLLM does not have (a Responses request's `previous_response_id`)."""
-    if status >= 500:
-        return True
-    return status == 404 and (b"does not exist" in body or b"not found" in body.lower()) and b'"response_id"' not in body
+    """An adapter-side failure worth retrying on the base: 5xx, or vLLM not knowing the model it was asked for
+    ("The model `x` does not exist": an adapter unloaded behind the gateway's back). Other 404s are the client's,
+    e.g. a Responses request's `previous_response_id` that vLLM does not have ("... not found")."""
+    return status >= 500 or (status == 404 and b"does not exist" in body)
 
 
 class Proxy:

@@ -31,8 +31,7 @@ async def pass_stored(request: Request, response_id: str, action: str = "", para
     try:
         resp = await state.client.send(upstream, stream=True)
     except httpx.HTTPError as exc:
-        return error_response(503, f"upstream unavailable ({type(exc).__name__})", code="upstream_unavailable",
-                              headers={"Retry-After": "5"})
+        return _unavailable(exc)
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS | {"content-type"}}
     if resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
         async def relay():
@@ -48,10 +47,14 @@ async def pass_stored(request: Request, response_id: str, action: str = "", para
     try:
         content = await resp.aread()
     except httpx.HTTPError as exc:
-        return error_response(503, f"upstream unavailable ({type(exc).__name__})", code="upstream_unavailable",
-                              headers={"Retry-After": "5"})
+        return _unavailable(exc)
     finally:
         await resp.aclose()
     if resp.status_code >= 400:
         return JSONResponse(upstream_error_body(resp.status_code, content), status_code=resp.status_code, headers=headers)
     return Response(content, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
+
+
+def _unavailable(exc: httpx.HTTPError) -> Response:
+    return error_response(503, f"upstream unavailable ({type(exc).__name__})", code="upstream_unavailable",
+                          headers={"Retry-After": "5"})
