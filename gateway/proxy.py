@@ -67,8 +67,9 @@ class Proxy:
     def url(self) -> str:
         return f"{self.state.cfg.upstream_url}/v1/{self.endpoint}"
 
-    async def __call__(self, request: Request, body: dict, target: Target, routing_text: str) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    async def __call__(self, request: Request, body: dict, target: Target, routing_text: str,
+                       request_id: str | None = None) -> Response:
+        request_id = request_id or request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         started = time.perf_counter()
         exclusive = self.state.cfg.gateway.exclusive_prompt_logprobs and computes_prompt_logprobs(body)
         try:
