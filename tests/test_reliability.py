@@ -161,4 +161,5 @@ def test_bench_reliability_only_fuzz_updates_an_existing_report(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "reliability.json").read_text())
     assert doc["fuzz_cases"] >= 20 and doc["fuzz_failures"] == 0 and doc["requests"] == 1
-    assert "--only-fuzz" in (tmp_path / "reliability.md").read_text()
+    md = (tmp_path / "reliability.md").read_text()
+    assert "--only-fuzz" in md and f"schemathesis {doc['fuzz_versions']['schemathesis']}" in md
