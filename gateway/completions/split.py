@@ -19,6 +19,7 @@ import uuid
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from gateway.state import Target
 
@@ -210,9 +211,12 @@ async def _merge_streams(request, proxy, subs, answered, texts, renumber, reques
         finally:
             _cancel(pumps)
 
+    async def cancel_all() -> None:  # runs after the response, also when the client left before it started
+        _cancel(pumps)
+
     h = headers()
     h.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-    return StreamingResponse(merged(), media_type="text/event-stream", headers=h)
+    return StreamingResponse(merged(), media_type="text/event-stream", headers=h, background=BackgroundTask(cancel_all))
 
 
 def _renumber_event(event: bytes, k: int, renumber: _Renumber, stream_id: str) -> tuple[bytes | None, dict | None]:
