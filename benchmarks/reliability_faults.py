@@ -139,7 +139,8 @@ def corrupt_reload(gw: str, admin_key: str, router_dir: Path, work: Path) -> dic
 
 def disconnect_cancels(gw: str, vllm_url: str) -> dict:
     with httpx.stream("POST", f"{gw}/v1/chat/completions", json=LONG, timeout=120) as r:
-        first = next(r.iter_raw())
+        chunks = r.iter_raw()  # kept: a discarded iterator closes the response, a disconnect before the check
+        first = next(chunks)
         deadline = time.monotonic() + 20  # vLLM's gauge is refreshed by its stats loop, not per request
         while (running := vllm_running(vllm_url)) < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
