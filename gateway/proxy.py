@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from gateway.errors import error_body, error_response, upstream_error_body
+from gateway.responses.background import RESPONSE_ID, hold_while_running, watch_response
 from gateway.state import GatewayState, Target
 from gateway.upstream_gate import computes_prompt_logprobs
 
@@ -80,13 +81,16 @@ class Proxy:
             return self._fail(request, target, request_id, started, 503, why, "upstream_busy", routing_text, retry_after=True)
         if exclusive:
             self.state.metrics.exclusive.inc()
-        streaming = False
+        handed_over = False
         try:
             resp = await self._forward(request, body, target, routing_text, request_id, started, release)
-            streaming = isinstance(resp, StreamingResponse)
+            # a relayed stream releases its hold when it ends, a background response when vLLM has finished it
+            handed_over = isinstance(resp, StreamingResponse) or (
+                self.endpoint == "responses" and body.get("background") is True and resp.status_code == 200
+                and hold_while_running(self.state, resp.body, release))
             return resp
         finally:
-            if not streaming:  # a relayed stream releases its hold when it ends
+            if not handed_over:
                 await release()
 
     async def _forward(self, request: Request, body: dict, target: Target, routing_text: str, request_id: str,
@@ -113,7 +117,8 @@ class Proxy:
             detail = b"" if resp.status_code < 400 else await self._peek(resp, stream)
             if resp.status_code < 400 or not _retryable(resp.status_code, detail):
                 if stream and resp.status_code == 200:
-                    return self._relay(request, resp, target, request_id, started, routing_text, release)
+                    background = self.endpoint == "responses" and body.get("background") is True
+                    return self._relay(request, resp, target, request_id, started, routing_text, release, background)
                 return await self._finish(request, resp, target, request_id, started, stream, routing_text)
             last = (resp.status_code, detail)
             if stream:
@@ -186,18 +191,37 @@ class Proxy:
             return JSONResponse(upstream_error_body(resp.status_code, content), status_code=resp.status_code, headers=headers)
         return Response(content, status_code=resp.status_code, headers=headers, media_type=resp.headers.get("content-type"))
 
-    def _relay(self, request, resp: httpx.Response, target, request_id, started, routing_text, release) -> StreamingResponse:
+    def _relay(self, request, resp: httpx.Response, target, request_id, started, routing_text, release,
+               background: bool = False) -> StreamingResponse:
+        """Relay an SSE stream. A background response's stream hands its hold to a watcher at the end, as the
+        response may run on in vLLM after the client stopped reading (gateway/responses/background.py)."""
         state, route = self.state, target.route or target.model
         if target.fallback:
             state.metrics.fallbacks.labels(route, target.fallback).inc()
 
         total = state.cfg.gateway.timeouts.total
 
+        response_id = None
+        settled = False
+
+        async def settle() -> None:
+            """End this request's hold on the upstream gate, once: now, or when vLLM has finished the background
+            response this stream belongs to."""
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            if not (response_id and watch_response(state, response_id, release)):
+                await release()
+
         async def body():
+            nonlocal response_id
             first = True
             status = 200
             try:
                 async for chunk in resp.aiter_raw():
+                    if background and response_id is None and (found := RESPONSE_ID.search(chunk)):
+                        response_id = found.group(1).decode()
                     if time.perf_counter() - started > total:  # the whole stream is over its time budget
                         status = 504
                         state.metrics.errors.labels(route, "upstream_timeout").inc()
@@ -215,15 +239,15 @@ class Proxy:
                 yield stream_error(self.endpoint, 502, f"upstream stream interrupted ({type(exc).__name__})", "upstream_stream_error")
             finally:
                 await resp.aclose()  # on client disconnect too: closing the connection aborts the vLLM request
-                await release()
+                await settle()
                 state.metrics.upstream_s.labels(route).observe(time.perf_counter() - started)
                 self._log(request, target, request_id, started, status, True, routing_text)
 
         headers = result_headers(target, request_id)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-        # the body's `finally` releases the hold; the background task too, in case the body never starts
+        # the body's `finally` settles the hold; the background task too, in case the body never starts
         return StreamingResponse(body(), status_code=200, media_type="text/event-stream", headers=headers,
-                                 background=BackgroundTask(release))
+                                 background=BackgroundTask(settle))
 
     def _usage_from_sse(self, route: str, chunk: bytes) -> None:
         for line in chunk.split(b"\n"):

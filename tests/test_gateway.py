@@ -227,6 +227,43 @@ def test_stored_and_background_responses_through_the_gateway(client):
         client.responses.retrieve(rid, extra_query={"starting_after": -1})
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_background_response_runs_before_a_prompt_logprobs_request(client, gateway, stream):
+    """A background response runs in vLLM after the gateway has answered (or after the client has stopped reading
+    its stream). A request that computes prompt logprobs (which vLLM 0.32 with LoRA must run alone) waits until
+    vLLM has finished it."""
+    import time
+
+    gate = gateway.app.state.gateway.gate
+    deadline = time.monotonic() + 10  # an earlier test's background response may still be watched for a moment
+    while gate.shared and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gate.shared == 0
+    made = client.responses.create(model="auto", input="Tell me a long story about a lighthouse.", store=True,
+                                   max_output_tokens=100, background=True, stream=stream,
+                                   extra_body={"ignore_eos": True})
+    if stream:  # read the first events only, then leave: the response runs on in vLLM
+        events = iter(made)
+        rid = next(events).response.id
+        next(events)
+        made.close()
+    else:
+        rid = made.id
+        assert made.status in ("queued", "in_progress")
+    deadline = time.monotonic() + 5
+    while gate.shared != 1 and time.monotonic() < deadline:  # a stream's relay ends a moment after the close
+        time.sleep(0.05)
+    assert gate.shared == 1  # the hold outlives the answer
+    t = time.monotonic()
+    r = httpx.post(f"{gateway.url}/v1/completions", timeout=300, json={
+        "model": "smollm2", "prompt": "The capital of France is", "max_tokens": 1, "prompt_logprobs": 1})
+    waited = time.monotonic() - t
+    assert r.status_code == 200 and r.json()["choices"][0]["prompt_logprobs"]
+    # finished before the request was sent on ("incomplete": it stopped at max_output_tokens)
+    assert client.responses.retrieve(rid).status in ("completed", "incomplete")
+    assert waited > 1.0 and gate.shared == 0
+
+
 def test_unloaded_adapter_falls_back_to_base(gateway, vllm):
     from openai import OpenAI
 
