@@ -162,6 +162,8 @@ async def _merge_streams(request, proxy, subs, answered, texts, renumber, reques
                 queue.put_nowait((k, chunk if isinstance(chunk, bytes) else chunk.encode()))
         finally:
             queue.put_nowait((k, None))
+            if stream.background is not None:  # what Starlette runs after a response: here, the hold's release
+                await stream.background()
 
     async def open_one(k: int) -> Response:
         resp = await proxy(request, subs[k], answered[k], texts[k], request_id=request_id)
