@@ -81,20 +81,20 @@ class Proxy:
             return self._fail(request, target, request_id, started, 503, why, "upstream_busy", routing_text, retry_after=True)
         if exclusive:
             self.state.metrics.exclusive.inc()
+        background = self.endpoint == "responses" and body.get("background") is True
         handed_over = False
         try:
-            resp = await self._forward(request, body, target, routing_text, request_id, started, release)
+            resp = await self._forward(request, body, target, routing_text, request_id, started, release, background)
             # a relayed stream releases its hold when it ends, a background response when vLLM has finished it
             handed_over = isinstance(resp, StreamingResponse) or (
-                self.endpoint == "responses" and body.get("background") is True and resp.status_code == 200
-                and hold_while_running(self.state, resp.body, release))
+                background and resp.status_code == 200 and hold_while_running(self.state, resp.body, release))
             return resp
         finally:
             if not handed_over:
                 await release()
 
     async def _forward(self, request: Request, body: dict, target: Target, routing_text: str, request_id: str,
-                       started: float, release) -> Response:
+                       started: float, release, background: bool) -> Response:
         stream = bool(body.get("stream"))
         attempts = [target.model] if target.model == self.state.base or target.exact else [target.model, self.state.base]
         last: tuple[int, bytes] | None = None
@@ -117,7 +117,6 @@ class Proxy:
             detail = b"" if resp.status_code < 400 else await self._peek(resp, stream)
             if resp.status_code < 400 or not _retryable(resp.status_code, detail):
                 if stream and resp.status_code == 200:
-                    background = self.endpoint == "responses" and body.get("background") is True
                     return self._relay(request, resp, target, request_id, started, routing_text, release, background)
                 return await self._finish(request, resp, target, request_id, started, stream, routing_text)
             last = (resp.status_code, detail)
@@ -211,7 +210,9 @@ class Proxy:
             if settled:
                 return
             settled = True
-            if not (response_id and watch_response(state, response_id, release)):
+            if response_id:
+                watch_response(state, response_id, release)
+            else:
                 await release()
 
         async def body():

@@ -39,16 +39,16 @@ def hold_while_running(state: GatewayState, answer: bytes, release: Release) -> 
         return False
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or doc.get("status") in FINISHED:
         return False
-    return watch_response(state, doc["id"], release)
+    watch_response(state, doc["id"], release)
+    return True
 
 
-def watch_response(state: GatewayState, response_id: str, release: Release) -> bool:
-    """Keep the hold until vLLM says `response_id` has finished (a background stream the client may have left
-    before its end); always True: the watcher releases it."""
+def watch_response(state: GatewayState, response_id: str, release: Release) -> None:
+    """Keep the hold until vLLM says `response_id` has finished (also for a background stream the client may have
+    left before its end); the watcher releases it."""
     task = asyncio.create_task(_watch(state, response_id, release))
     WATCHERS.add(task)
     task.add_done_callback(WATCHERS.discard)
-    return True
 
 
 async def _watch(state: GatewayState, response_id: str, release: Release) -> None:
@@ -59,9 +59,10 @@ async def _watch(state: GatewayState, response_id: str, release: Release) -> Non
             await asyncio.sleep(POLL_S)
             try:
                 resp = await state.client.get(url, headers=state.upstream_headers(), timeout=10)
-                status = resp.json().get("status") if resp.status_code == 200 else None
-            except (httpx.HTTPError, ValueError, AttributeError):
+                doc = resp.json() if resp.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
                 return  # vLLM unreachable or answering nonsense: nothing of ours can be running there
+            status = doc.get("status") if isinstance(doc, dict) else None
             if status is None or status in FINISHED:
                 return
     finally:
