@@ -48,7 +48,7 @@ def completion_routing_text(prompt) -> str:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         return prompt[0]
-    return ""  # token ids: nothing to read
+    return ""  # token ids: the completions endpoint reads them through the upstream (completions/token_prompts.py)
 
 
 async def choose_target(state: GatewayState, requested: str, routing_text: str, forced_route: str | None,

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from gateway.completions.split import _headers, _Renumber, _renumber_event, group_by_model, routed_prompts
+from gateway.completions.token_prompts import token_prompts
 from gateway.state import Target
 from tests.conftest import metric
 
@@ -83,6 +84,54 @@ def test_one_model_or_a_forced_route_sends_the_prompts_together(client):
     assert raw.headers["x-forgetless-route"] == "code,code" and raw.parse().model == "code"
 
 
+def _token_ids(vllm, text: str) -> list[int]:
+    r = httpx.post(f"{vllm.url}/tokenize", json={"model": "smollm2", "prompt": text}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["tokens"]
+
+
+def test_token_id_prompts_are_routed_on_their_text(client, vllm):
+    """Token ids are read back into text by vLLM's tokenizer for the router; vLLM still gets the ids."""
+    ids = [_token_ids(vllm, p) for p in PROMPTS]
+    raw = client.completions.with_raw_response.create(model="auto", prompt=ids[0], **SAMPLING)
+    assert raw.headers["x-forgetless-route"] == "legal" and raw.headers["x-forgetless-model"] == "legal"
+    assert "x-forgetless-fallback" not in raw.headers and float(raw.headers["x-forgetless-confidence"]) > 0.5
+    assert raw.parse().choices[0].text == _direct(vllm, "legal", ids[0], temperature=0)["choices"][0]["text"]
+
+    raw = client.completions.with_raw_response.create(model="auto", prompt=ids, **SAMPLING)
+    assert raw.headers["x-forgetless-route"].split(",") == ROUTES
+    models = raw.headers["x-forgetless-model"].split(",")
+    direct = [_direct(vllm, m, i, temperature=0) for m, i in zip(models, ids)]
+    r = raw.parse()
+    assert [c.text for c in r.choices] == [d["choices"][0]["text"] for d in direct]
+    assert r.usage.prompt_tokens == sum(len(i) for i in ids)
+
+    # ids the tokenizer cannot read: the base answers, with vLLM's own refusal
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="auto", prompt=[10 ** 9], max_tokens=2)
+    assert err.value.response.headers["x-forgetless-fallback"] == "no-text"
+    assert "out of vocabulary" in err.value.body["message"]
+
+
+def test_continuous_usage_is_the_whole_requests(client):
+    """With continuous usage stats, every chunk's usage counts all prompts' tokens so far, not its own model's."""
+    stream = client.completions.create(model="auto", prompt=PROMPTS, stream=True, **SAMPLING,
+                                       stream_options={"include_usage": True, "continuous_usage_stats": True})
+    chunks = list(stream)
+    text_chunks = [c for c in chunks if c.choices]
+    assert len({c.choices[0].index for c in text_chunks}) == 4
+    seen, before = 0, 0
+    for c in text_chunks:
+        seen += 1
+        assert c.usage.completion_tokens >= seen  # at least one token per chunk, whichever prompt it is for
+        assert c.usage.completion_tokens >= before
+        before = c.usage.completion_tokens
+    final = chunks[-1]
+    assert not final.choices and final.usage.completion_tokens == 24
+    assert text_chunks[-1].usage.completion_tokens == 24
+    assert text_chunks[-1].usage.prompt_tokens == final.usage.prompt_tokens
+
+
 def _running(vllm) -> float:
     return metric(vllm.url, "vllm:num_requests_running")
 
@@ -143,3 +192,6 @@ def test_numbering_and_headers():
     assert _renumber_event(b"data: [DONE]", 0, renumber, "cmpl-1") == (None, None)
     assert routed_prompts(["a", "b"]) == ["a", "b"]
     assert routed_prompts(["a"]) is None and routed_prompts([[1, 2], [3]]) is None and routed_prompts("a") is None
+    assert token_prompts([1, 2]) == [[1, 2]] and token_prompts([[1, 2], [3]]) == [[1, 2], [3]]
+    for not_ids in ("a", ["a"], [], [[1], []], [True], [[1], ["a"]], [1, [2]], [1.0]):
+        assert token_prompts(not_ids) is None, not_ids

@@ -1,9 +1,11 @@
 """A completions request with several prompts, routed prompt by prompt.
 
-Each prompt gets its own route decision. The prompts that go to the same model travel together, one upstream
+Each prompt gets its own route decision (a prompt of token ids on its text, read by the upstream's tokenizer:
+gateway/completions/token_prompts.py). The prompts that go to the same model travel together, one upstream
 request per model, all at once. The answers are put back in prompt order, as one model would have numbered them:
 the choice for prompt p, sample j is number p * n + j. A stream is merged event by event; each chunk keeps the
-`model` that wrote it, and the usage of all requests comes as one chunk at the end. If any request fails, the
+`model` that wrote it, and the usage of all requests comes as one chunk at the end (with
+`stream_options.continuous_usage_stats`, each chunk's usage is the whole request's so far). If any request fails, the
 whole request fails with that error and the other requests are cancelled.
 
 Headers say what happened to each prompt, in prompt order, comma-separated: `x-forgetless-route`,
@@ -73,8 +75,9 @@ def _headers(request_id: str, targets: list[Target], group_of: list[int], answer
     return h
 
 
-async def serve_split(request: Request, body: dict, prompts: list[str], targets: list[Target], proxy,
+async def serve_split(request: Request, body: dict, prompts: list, texts: list[str], targets: list[Target], proxy,
                       router_ms: float) -> Response:
+    """`prompts` as the client sent them (strings or token-id lists), `texts` what the router read of each."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     groups = group_by_model(targets)
     positions = list(groups.values())
@@ -85,7 +88,7 @@ async def serve_split(request: Request, body: dict, prompts: list[str], targets:
     # one target per sub-request: its model, and the first of its prompts' route for metrics and logs
     answered = [dataclasses.replace(targets[pos[0]]) for pos in positions]
     subs = [{**body, "prompt": [prompts[i] for i in pos]} for pos in positions]
-    texts = ["\n".join(prompts[i] for i in pos) for pos in positions]
+    sub_texts = ["\n".join(texts[i] for i in pos) for pos in positions]
     renumber = _Renumber(positions, int(body.get("n") or 1))
 
     def headers() -> dict[str, str]:  # read after the proxy calls: a retry on the base changes a target
@@ -93,11 +96,11 @@ async def serve_split(request: Request, body: dict, prompts: list[str], targets:
 
     if not body.get("stream"):
         results, failed = await _all_or_first_failure(
-            [proxy(request, s, t, x, request_id=request_id) for s, t, x in zip(subs, answered, texts)])
+            [proxy(request, s, t, x, request_id=request_id) for s, t, x in zip(subs, answered, sub_texts)])
         if failed is not None:
             return _with_headers(failed, headers())
         return _merge_bodies(results, renumber, headers())
-    return await _merge_streams(request, proxy, subs, answered, texts, renumber, request_id, headers)
+    return await _merge_streams(request, proxy, subs, answered, sub_texts, renumber, request_id, headers)
 
 
 #: cancelled pumps still closing their upstream stream (a task with no reference left may be collected)
@@ -187,6 +190,7 @@ async def _merge_streams(request, proxy, subs, answered, texts, renumber, reques
     async def merged():
         buffers = [b""] * len(subs)
         open_streams, usage, last = len(subs), None, None
+        so_far: dict[int, dict] = {}  # continuous usage stats: each sub-request's latest usage
         try:
             while open_streams:
                 k, chunk = await queue.get()
@@ -203,12 +207,18 @@ async def _merge_streams(request, proxy, subs, answered, texts, renumber, reques
                     if doc is not None and not doc.get("choices") and "usage" in doc:
                         usage, last = _add_usage(usage, doc.get("usage")), doc
                         continue
+                    if doc is not None and isinstance(doc.get("usage"), dict):
+                        # a chunk's usage is its own sub-request's so far; the client is told the whole request's
+                        so_far[k] = doc["usage"]
+                        total = None
+                        for u in so_far.values():
+                            total = _add_usage(total, u)
+                        out = _event({**doc, "usage": {**doc["usage"], **(total or {})}})
                     if out:
                         yield out
             if last is not None:
-                yield b"data: " + json.dumps({**last, "id": stream_id, "model": ",".join(
-                    dict.fromkeys(t.model for t in answered)), "usage": {**(last.get("usage") or {}), **(usage or {})}},
-                    separators=(",", ":")).encode() + b"\n\n"
+                yield _event({**last, "id": stream_id, "model": ",".join(dict.fromkeys(t.model for t in answered)),
+                              "usage": {**(last.get("usage") or {}), **(usage or {})}})
             yield _DONE + b"\n\n"
         finally:
             _cancel(pumps)
@@ -239,7 +249,11 @@ def _renumber_event(event: bytes, k: int, renumber: _Renumber, stream_id: str) -
             c["index"] = renumber(k, c["index"])
     if "id" in doc:
         doc["id"] = stream_id
-    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n", doc
+    return _event(doc), doc
+
+
+def _event(doc: dict) -> bytes:
+    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
 
 
 def routed_prompts(prompt) -> list[str] | None:
