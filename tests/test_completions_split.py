@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.completions.split import _headers, _Renumber, _renumber_event, group_by_model, routed_prompts
+from gateway.completions.split import _add_usage, _headers, _Renumber, _renumber_event, group_by_model, routed_prompts
 from gateway.completions.token_prompts import token_prompts
 from gateway.state import Target
 from tests.conftest import metric
@@ -192,6 +192,12 @@ def test_numbering_and_headers():
     assert _renumber_event(b"data: [DONE]", 0, renumber, "cmpl-1") == (None, None)
     assert routed_prompts(["a", "b"]) == ["a", "b"]
     assert routed_prompts(["a"]) is None and routed_prompts([[1, 2], [3]]) is None and routed_prompts("a") is None
+    first = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "prompt_tokens_details": None}
+    second = {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 2}}
+    third = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2, "prompt_tokens_details": {"cached_tokens": 1}}
+    assert _add_usage(_add_usage(_add_usage(None, first), second), third) == {
+        "prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 3}}
+    assert _add_usage({"a": 1}, None) == {"a": 1}
     assert token_prompts([1, 2]) == [[1, 2]] and token_prompts([[1, 2], [3]]) == [[1, 2], [3]]
     for not_ids in ("a", ["a"], [], [[1], []], [True], [[1], ["a"]], [1, [2]], [1.0]):
         assert token_prompts(not_ids) is None, not_ids

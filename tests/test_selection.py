@@ -28,7 +28,7 @@ def test_system_and_last_k_policy():
 def test_completion_prompts():
     assert completion_routing_text("def f():") == "def f():"
     assert completion_routing_text(["a", "b"]) == "a"
-    assert completion_routing_text([1, 2, 3]) == ""  # token ids: the base model answers
+    assert completion_routing_text([1, 2, 3]) == ""  # token ids: read through vLLM (test_completions_split.py)
 
 
 def test_responses_input_read_like_a_chat():

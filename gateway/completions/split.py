@@ -25,7 +25,6 @@ from starlette.background import BackgroundTask
 
 from gateway.state import Target
 
-_USAGE_SUMS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _DONE = b"data: [DONE]"
 
 
@@ -49,12 +48,19 @@ class _Renumber:
 
 
 def _add_usage(total: dict | None, usage) -> dict | None:
+    """Usage added up: every count, also the nested ones (`prompt_tokens_details.cached_tokens`); anything else
+    (a null detail) is kept from the first usage that has it."""
     if not isinstance(usage, dict):
         return total
-    total = total or {}
-    for key in _USAGE_SUMS:
-        if isinstance(usage.get(key), int):
-            total[key] = total.get(key, 0) + usage[key]
+    total = dict(total or {})
+    for key, value in usage.items():
+        had = total.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            total[key] = (had if isinstance(had, int) and not isinstance(had, bool) else 0) + value
+        elif isinstance(value, dict):
+            total[key] = _add_usage(had if isinstance(had, dict) else None, value)
+        else:
+            total.setdefault(key, value)
     return total
 
 
