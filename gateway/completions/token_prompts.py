@@ -2,7 +2,7 @@
 
 The router reads text. A prompt of token ids (`[1, 2, 3]`, or a list of such lists) is turned back into text by
 the upstream's own tokenizer: vLLM's `POST /detokenize` with the base model's name (adapters share its
-tokenizer), one call per prompt, all at once. Only the routing uses that text; the request still carries the
+tokenizer), one call per prompt, a few at a time. Only the routing uses that text; the request still carries the
 token ids, unchanged. A prompt the upstream cannot read (an id outside the vocabulary reads as nothing; vLLM
 unreachable or refusing) has no text and goes to the base model (fallback "no-text"), whose own answer then says
 what is wrong with it.
@@ -50,6 +50,17 @@ async def _detokenize_one(state: GatewayState, ids: list[int]) -> str:
     return text if isinstance(text, str) else ""
 
 
+#: calls at once for one request: a long list of prompts must not take the pooled upstream connections (256 by
+#: default, waited for at most the connect timeout) from every other request
+AT_ONCE = 4
+
+
 async def detokenize(state: GatewayState, prompts: list[list[int]]) -> list[str]:
     """Each prompt's text as the upstream reads it ("" where it cannot)."""
-    return list(await asyncio.gather(*(_detokenize_one(state, ids) for ids in prompts)))
+    gate = asyncio.Semaphore(AT_ONCE)
+
+    async def one(ids: list[int]) -> str:
+        async with gate:
+            return await _detokenize_one(state, ids)
+
+    return list(await asyncio.gather(*(one(ids) for ids in prompts)))
