@@ -100,6 +100,10 @@ def test_token_id_prompts_are_routed_on_their_text(client, vllm):
     assert "x-forgetless-fallback" not in raw.headers and float(raw.headers["x-forgetless-confidence"]) > 0.5
     assert raw.parse().choices[0].text == _direct(vllm, "legal", ids[0], temperature=0)["choices"][0]["text"]
 
+    # the code prompt spelt character by character: the same text in more ids than its tokenizer would use, so
+    # vLLM counting exactly these ids shows they went as sent, not as re-tokenised text
+    ids[1] = [t for ch in PROMPTS[1] for t in _token_ids(vllm, ch)]
+    assert len(ids[1]) > len(_token_ids(vllm, PROMPTS[1]))
     raw = client.completions.with_raw_response.create(model="auto", prompt=ids, **SAMPLING)
     assert raw.headers["x-forgetless-route"].split(",") == ROUTES
     models = raw.headers["x-forgetless-model"].split(",")

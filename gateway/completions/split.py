@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import uuid
 
@@ -157,7 +158,7 @@ def _merge_bodies(results: list[Response], renumber: _Renumber, headers: dict[st
     merged["choices"] = sorted(choices, key=lambda c: c["index"])
     merged["model"] = ",".join(dict.fromkeys(d.get("model", "") for d in docs))
     if usage is not None:
-        merged["usage"] = {**(docs[0].get("usage") or {}), **usage}
+        merged["usage"] = usage
     return JSONResponse(merged, headers=headers)
 
 
@@ -216,15 +217,12 @@ async def _merge_streams(request, proxy, subs, answered, texts, renumber, reques
                     if doc is not None and isinstance(doc.get("usage"), dict):
                         # a chunk's usage is its own sub-request's so far; the client is told the whole request's
                         so_far[k] = doc["usage"]
-                        total = None
-                        for u in so_far.values():
-                            total = _add_usage(total, u)
-                        out = _event({**doc, "usage": {**doc["usage"], **(total or {})}})
+                        out = _event({**doc, "usage": functools.reduce(_add_usage, so_far.values(), None)})
                     if out:
                         yield out
             if last is not None:
                 yield _event({**last, "id": stream_id, "model": ",".join(dict.fromkeys(t.model for t in answered)),
-                              "usage": {**(last.get("usage") or {}), **(usage or {})}})
+                              "usage": usage or {}})
             yield _DONE + b"\n\n"
         finally:
             _cancel(pumps)
