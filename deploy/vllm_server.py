@@ -76,6 +76,8 @@ def vllm_command(cfg: RoutesConfig, base_dir: Path, python: str = sys.executable
         "--enable-lora", "--max-lora-rank", str(cfg.vllm.max_lora_rank),
         "--max-loras", str(cfg.vllm.max_loras),
     ]
+    if cfg.vllm.tool_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.vllm.tool_parser]
     if cfg.adapters:
         cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in cfg.adapters)]
     return cmd + list(cfg.vllm.extra_args)
@@ -99,6 +101,12 @@ def vllm_env(cfg: RoutesConfig, upstream_key: str | None = None, all_cpus: bool 
         env["VLLM_API_KEY"] = upstream_key
     env.update(cfg.vllm.env)
     return env
+
+
+def _shortened(line: str, keep: int = 300) -> str:
+    """A long log line's start (where errors say what is wrong: `KeyError: 'invalid tool call parser: hermez
+    (chose from {...50 names...})'`) and its end."""
+    return line if len(line) <= keep else f"{line[:keep - 80]} … {line[-60:]}"
 
 
 class VllmServer:
@@ -164,8 +172,8 @@ class VllmServer:
             return "no log"
         for line in reversed(lines):
             if "Error" in line or "error" in line:
-                return line.strip()[-300:]
-        return (lines[-1].strip()[-300:]) if lines else "empty log"
+                return _shortened(line.strip())
+        return _shortened(lines[-1].strip()) if lines else "empty log"
 
     def stop(self, grace: float = 15.0) -> None:
         p, self.proc = self.proc, None

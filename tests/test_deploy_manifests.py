@@ -49,6 +49,9 @@ def _check_vllm_args(args: list[str], cfg: RoutesConfig):
     assert "--enable-lora" in args
     assert f"--max-lora-rank={cfg.vllm.max_lora_rank}" in args
     assert f"--served-model-name={cfg.base.name}" in args
+    # tools work as in the demo: the base's chat template writes Hermes tool calls, so vLLM reads them with that parser
+    assert cfg.vllm.tool_parser == "hermes"
+    assert "--enable-auto-tool-choice" in args and f"--tool-call-parser={cfg.vllm.tool_parser}" in args
     modules = args[args.index("--lora-modules") + 1:]
     assert [m.split("=")[0] for m in modules] == [a.name for a in cfg.adapters], flat
     assert [m.split("=")[1] for m in modules] == [str(a.path) for a in cfg.adapters]

