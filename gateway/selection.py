@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from gateway.completions.chat_markup import conversation
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError
 from gateway.state import GatewayState, Target
@@ -43,11 +44,20 @@ def responses_routing_text(body: dict, policy: RouterConfig) -> str:
     return chat_routing_text(messages, policy)
 
 
-def completion_routing_text(prompt) -> str:
+def prompt_routing_text(text: str, policy: RouterConfig) -> str:
+    """A completions prompt as the router reads it: one written in a chat template is read as its conversation,
+    under the same policy as a chat request (gateway/completions/chat_markup.py); any other prompt as it is."""
+    messages = conversation(text)
+    if messages is None:
+        return text
+    return chat_routing_text(messages, policy) or "\n".join(m["content"] for m in messages if m["content"])
+
+
+def completion_routing_text(prompt, policy: RouterConfig) -> str:
     if isinstance(prompt, str):
-        return prompt
+        return prompt_routing_text(prompt, policy)
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return prompt[0]
+        return prompt_routing_text(prompt[0], policy)
     return ""  # token ids: the completions endpoint reads them through the upstream (completions/token_prompts.py)
 
 

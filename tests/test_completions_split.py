@@ -119,6 +119,30 @@ def test_token_id_prompts_are_routed_on_their_text(client, vllm):
     assert "out of vocabulary" in err.value.body["message"]
 
 
+def test_chat_formatted_prompts_are_routed_as_the_chat_endpoint_routes_them(client, vllm, base_dir):
+    """A prompt the client ran through the base's chat template itself (lm-eval-harness's --apply_chat_template),
+    sent as text or as token ids, one or several at once, gets the decision its question gets on
+    /v1/chat/completions, not one swayed by the template's system line (which sent the first two to general)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    questions = ["What is 17 * 23?", "Can my landlord keep my deposit?", "What are the side effects of ibuprofen?"]
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in questions]
+    routes = []
+    for q, text in zip(questions, texts):
+        chat = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": q}], max_tokens=1).headers
+        routes.append(chat["x-forgetless-route"])
+        for prompt in (text, _token_ids(vllm, text)):
+            got = client.completions.with_raw_response.create(model="auto", prompt=prompt, max_tokens=1).headers
+            assert (got["x-forgetless-route"], got["x-forgetless-confidence"]) == \
+                (chat["x-forgetless-route"], chat["x-forgetless-confidence"]), (q, type(prompt))
+    assert routes == ["math", "legal", "medical"]
+    raw = client.completions.with_raw_response.create(model="auto", prompt=texts, max_tokens=1)
+    assert raw.headers["x-forgetless-route"].split(",") == routes
+
+
 def test_a_long_list_of_token_prompts_is_read_a_few_at_a_time(gateway, vllm):
     """Reading 40 prompts back never holds more than AT_ONCE upstream connections (the pool serves every request);
     the texts come back in prompt order. The gateway's config, an httpx client counted on its way to real vLLM."""

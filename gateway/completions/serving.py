@@ -7,7 +7,7 @@ from gateway.auth import is_admin
 from gateway.completions.split import routed_prompts, serve_split
 from gateway.completions.token_prompts import detokenize, token_prompts
 from gateway.protocol import CompletionRequest
-from gateway.selection import ROUTE_HEADER, choose_target, completion_routing_text
+from gateway.selection import ROUTE_HEADER, choose_target, completion_routing_text, prompt_routing_text
 
 
 async def serve_completion(request: Request, parsed: CompletionRequest):
@@ -16,11 +16,13 @@ async def serve_completion(request: Request, parsed: CompletionRequest):
     proxy = request.app.state.proxies["completions"]
     forced = request.headers.get(ROUTE_HEADER)
     prompt = body["prompt"]
-    text = completion_routing_text(prompt)
-    if forced is None and parsed.model == state.cfg.router.virtual_model and state.router is not None:
+    policy = state.cfg.router
+    text = completion_routing_text(prompt, policy)
+    if forced is None and parsed.model == policy.virtual_model and state.router is not None:
         ids = token_prompts(prompt)  # token ids: the router reads them as the upstream's tokenizer does
         items = ids if ids is not None else routed_prompts(prompt)
         texts = await detokenize(state, ids) if ids is not None else items
+        texts = None if texts is None else [prompt_routing_text(t, policy) for t in texts]
         if items is not None and len(items) > 1:
             # several prompts for the router: each is routed on its own (gateway/completions/split.py)
             started = time.perf_counter()
