@@ -96,6 +96,13 @@ def test_responses_api_function_call(client):
     assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].call_id
     jsonschema.validate(json.loads(calls[0].arguments), WEATHER)
 
+    # an agent's next step: the call and its output go back as input items, and the model answers from them
+    turn = [{"role": "user", "content": "What is the weather in Paris?"}, calls[0].model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"}]
+    r2 = client.responses.create(model="auto", input=turn, tools=[tool], tool_choice="none", max_output_tokens=20)
+    assert r2.output_text and not [item for item in r2.output if item.type == "function_call"]
+    assert r2.usage.input_tokens > r.usage.input_tokens  # the call and its output reached the model
+
 
 def test_the_base_renders_chats_without_tools_as_the_gguf_template_does(base_dir):
     """The adapters were trained on SmolLM2's own template: the tool-calling one must not change a single
