@@ -67,6 +67,14 @@ def served_dtype(cfg: RoutesConfig) -> str:
     return cpu_dtype() if cfg.vllm.dtype == "auto" else cfg.vllm.dtype
 
 
+def tool_parser(cfg: RoutesConfig) -> str | None:
+    """`vllm.tool_parser` resolved: `auto` is `hermes` for the built-in SmolLM2, whose chat template writes
+    Hermes tool calls, and no parser for a model of the user's own; `none` is no parser."""
+    if cfg.vllm.tool_parser == "auto":
+        return "hermes" if cfg.base.path == "builtin:smollm2" else None
+    return None if cfg.vllm.tool_parser == "none" else cfg.vllm.tool_parser
+
+
 def vllm_command(cfg: RoutesConfig, base_dir: Path, python: str = sys.executable) -> list[str]:
     cmd = [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -76,8 +84,8 @@ def vllm_command(cfg: RoutesConfig, base_dir: Path, python: str = sys.executable
         "--enable-lora", "--max-lora-rank", str(cfg.vllm.max_lora_rank),
         "--max-loras", str(cfg.vllm.max_loras),
     ]
-    if cfg.vllm.tool_parser:
-        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.vllm.tool_parser]
+    if parser := tool_parser(cfg):
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
     if cfg.adapters:
         cmd += ["--lora-modules", *(f"{a.name}={a.path}" for a in cfg.adapters)]
     return cmd + list(cfg.vllm.extra_args)

@@ -113,9 +113,10 @@ class VllmConfig(_Strict):
     max_model_len: int = Field(2048, ge=64)
     start_timeout: float = Field(300.0, gt=0)
     #: vLLM's --tool-call-parser, started with --enable-auto-tool-choice: without one, vLLM refuses every request
-    #: with tools unless tool_choice is "none". `hermes` for the built-in SmolLM2 (its chat template writes tools
-    #: and tool calls in that format: deploy/chat_templates/smollm2.jinja)
-    tool_parser: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: with tools unless tool_choice is "none". `auto`: `hermes` for the built-in SmolLM2 (its chat template writes
+    #: tools and tool calls in that format: deploy/chat_templates/smollm2.jinja), none for a model directory of
+    #: your own (name its template's parser); `none`: no parser
+    tool_parser: str = Field("auto", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     extra_args: list[str] = []
     env: dict[str, str] = {}
 

@@ -350,18 +350,25 @@ def test_dtype_auto_is_bfloat16_only_with_avx512():
 
 
 def test_tool_parser_starts_vllm_with_auto_tool_choice():
-    """`vllm.tool_parser` (the demo's: hermes) starts vLLM with --enable-auto-tool-choice and that parser; without
-    it neither flag is passed, and a value that is not a parser's name cannot smuggle in other flags."""
+    """`vllm.tool_parser` starts vLLM with --enable-auto-tool-choice and that parser: `auto` (the default) means
+    hermes for the built-in base and none for a model of one's own; with `none` neither flag is passed."""
     from deploy.vllm_server import vllm_command
     from gateway.config import load_config
 
     cfg = load_config(DEMO_CONFIG)
-    cmd = vllm_command(cfg, REPO)
-    assert cfg.vllm.tool_parser == "hermes" and "--enable-auto-tool-choice" in cmd
-    assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
-    cfg.vllm.tool_parser = None
+    assert cfg.vllm.tool_parser == "auto" and cfg.base.path == "builtin:smollm2"
+
+    def parser(cmd):
+        return cmd[cmd.index("--tool-call-parser") + 1] if "--enable-auto-tool-choice" in cmd else None
+
+    assert parser(vllm_command(cfg, REPO)) == "hermes"  # the built-in base's template writes Hermes tool calls
+    cfg.vllm.tool_parser = "none"
     cmd = vllm_command(cfg, REPO)
     assert "--enable-auto-tool-choice" not in cmd and "--tool-call-parser" not in cmd
+    cfg.vllm.tool_parser, cfg.base.path = "auto", "/models/own"  # a model of one's own: its template is unknown
+    assert parser(vllm_command(cfg, REPO)) is None
+    cfg.vllm.tool_parser = "llama3_json"
+    assert parser(vllm_command(cfg, REPO)) == "llama3_json"
 
 
 def test_an_unknown_tool_parser_is_refused_naming_it(tmp_path):

