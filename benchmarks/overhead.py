@@ -197,8 +197,8 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
         rate = [x["requests"] / x["seconds"] for x in loads]
         load = loads[int(np.argsort(rate)[len(rate) // 2])]  # the median run (the upper one of an even count)
         if cached:
-            result["gateway_rps_repeated_prompt"] = float(np.median([x["requests"] / x["seconds"] for x in cached]))
-            result["gateway_rps_repeated_prompt_runs"] = [x["requests"] / x["seconds"] for x in cached]
+            repeated = [x["requests"] / x["seconds"] for x in cached]
+            result.update(gateway_rps_repeated_prompt=float(np.median(repeated)), gateway_rps_repeated_prompt_runs=repeated)
         dload = _load(f"http://127.0.0.1:{up_port}/v1/chat/completions", 64, max(3.0, rps_seconds / 3))
         result.update(gateway_rps=load["requests"] / load["seconds"], gateway_rps_runs=rate,
                       gateway_errors=sum(x["errors"] for x in loads),

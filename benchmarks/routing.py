@@ -36,14 +36,15 @@ def machine() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.machine())
+    fields: dict[str, str] = {}
+    for line in info.splitlines():  # the first CPU's fields (every CPU lists the same)
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name") or platform.machine()
     # the family and model tell CPU generations apart that share a name (an AMD EPYC of family 25 is Zen 3 or 4,
     # of family 26 Zen 5)
-    ids = {k: line.split(":", 1)[1].strip() for line in info.splitlines() for k in ("cpu family", "model")
-           if line.split(":", 1)[0].strip() == k}
-    if ids:
-        model += f" (family {ids.get('cpu family', '?')}, model {ids.get('model', '?')})"
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     flags = cpu_flags(info)
     simd = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags else \
         "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"

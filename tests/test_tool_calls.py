@@ -104,15 +104,25 @@ def test_responses_api_function_call(client):
     assert r2.usage.input_tokens > r.usage.input_tokens  # the call and its output reached the model
 
 
-def test_the_base_renders_chats_without_tools_as_the_gguf_template_does(base_dir):
+@pytest.fixture(scope="module")
+def gguf_tokenizer():
+    """SmolLM2's tokenizer as the GGUF ships it, with the GGUF's own chat template."""
+    from transformers import AutoTokenizer
+
+    from deploy.base_model import find_gguf
+
+    gguf = find_gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def test_the_base_renders_chats_without_tools_as_the_gguf_template_does(base_dir, gguf_tokenizer):
     """The adapters were trained on SmolLM2's own template: the tool-calling one must not change a single
     character of a conversation without tools (the shared adapter data's chats, with and without the prompt)."""
     from transformers import AutoTokenizer
 
-    from deploy.base_model import CHAT_TEMPLATE, find_gguf
+    from deploy.base_model import CHAT_TEMPLATE
 
-    gguf = find_gguf()
-    own = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    own = gguf_tokenizer
     built = AutoTokenizer.from_pretrained(str(base_dir))
     assert built.chat_template == CHAT_TEMPLATE.read_text() != own.chat_template
     chats = [json.loads(line)["messages"] for dom in ("legal", "medical", "code", "math", "finance")
@@ -126,14 +136,11 @@ def test_the_base_renders_chats_without_tools_as_the_gguf_template_does(base_dir
                 own.apply_chat_template(conv, tokenize=False, add_generation_prompt=prompt_only)
 
 
-def test_a_template_that_changes_tool_less_chats_is_refused(tmp_path):
-    from transformers import AutoTokenizer
-
+def test_a_template_that_changes_tool_less_chats_is_refused(tmp_path, gguf_tokenizer):
     from classifier.errors import InputError
-    from deploy.base_model import CHAT_TEMPLATE, chat_template, find_gguf
+    from deploy.base_model import CHAT_TEMPLATE, chat_template
 
-    gguf = find_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = gguf_tokenizer
     assert chat_template(tok) == CHAT_TEMPLATE.read_text()
     bad = tmp_path / "t.jinja"
     bad.write_text(CHAT_TEMPLATE.read_text().replace("trained by Hugging Face", "trained by someone"))

@@ -17,19 +17,20 @@ async def serve_completion(request: Request, parsed: CompletionRequest):
     forced = request.headers.get(ROUTE_HEADER)
     prompt = body["prompt"]
     policy = state.cfg.router
-    text = completion_routing_text(prompt, policy)
+    ids = items = None
     if forced is None and parsed.model == policy.virtual_model and state.router is not None:
         ids = token_prompts(prompt)  # token ids: the router reads them as the upstream's tokenizer does
         items = ids if ids is not None else routed_prompts(prompt)
-        texts = await detokenize(state, ids) if ids is not None else items
-        texts = None if texts is None else [prompt_routing_text(t, policy) for t in texts]
-        if items is not None and len(items) > 1:
+    if items is None:
+        text = completion_routing_text(prompt, policy)
+    else:
+        texts = [prompt_routing_text(t, policy) for t in (await detokenize(state, ids) if ids is not None else items)]
+        if len(items) > 1:
             # several prompts for the router: each is routed on its own (gateway/completions/split.py)
             started = time.perf_counter()
             targets = await asyncio.gather(*(choose_target(state, parsed.model, t, None) for t in texts))
             return await serve_split(request, body, items, texts, list(targets), proxy,
                                      (time.perf_counter() - started) * 1000.0)
-        if ids is not None:
-            text = texts[0]
+        text = texts[0]
     target = await choose_target(state, parsed.model, text, forced, admin=is_admin(request))
     return await proxy(request, body, target, text)
