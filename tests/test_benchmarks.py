@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from conftest import EXAMPLES, run_cli
 
 
@@ -96,9 +100,63 @@ def test_bench_overhead_small_run(tmp_path):
     assert doc["concurrency"] == 4 and doc["requests_per_path"] == 2 and doc["direct_p50_ms"] > 0
     assert doc["pairs"] == 2 and "added_paired_p50_ms" in doc  # each prompt sent once each way in the wave
     assert doc["load_generator"] == "autocannon" and doc["gateway_errors"] == 0
-    assert doc["gateway_rps"] > 0 and doc["gateway_rps_repeated_prompt"] > 0 and doc["instant_upstream_rps"] > 0
-    runs = doc["gateway_rps_runs"]  # the reported figure is the median of the runs, each named in the report
-    assert len(runs) == 3 and doc["gateway_rps"] == sorted(runs)[1] and len(doc["gateway_rps_repeated_prompt_runs"]) == 3
-    assert "the median of 3 runs: " + ", ".join(f"{x:.0f}" for x in runs) in (tmp_path / "overhead.md").read_text()
-    assert "requests/s" in (tmp_path / "overhead.md").read_text()
+    md = (tmp_path / "overhead.md").read_text()
+    for key in ("gateway_rps", "gateway_rps_medium_prompts", "gateway_rps_repeated_prompt"):
+        runs = doc[f"{key}_runs"]  # each figure is the median of its runs, each named in the report
+        assert len(runs) == 3 and doc[key] == sorted(runs)[1] and doc[key] > 0
+        assert f"{doc[key]:.0f}" in md and ", ".join(f"{x:.0f}" for x in runs) in md
+    assert doc["instant_upstream_rps"] > 0
+    # the loads' prompt lengths in the router's tokens: short ones (~16), the dev set's median (~45), one repeated
+    tokens = doc["prompt_tokens"]
+    assert 10 < tokens["short"] < 22 and 40 < tokens["medium"] < 60 and tokens["repeated"] < 16
+    assert f"| new short prompts | {tokens['short']:.1f} | **{doc['gateway_rps']:.0f}** |" in md
     assert " cores, " in doc["machine"] and f"Machine: {doc['machine']}, no GPU" in (tmp_path / "overhead.md").read_text()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every POST with an empty 200 over keep-alive and keeps the bodies it was sent."""
+    protocol_version = "HTTP/1.1"
+    bodies: list[bytes] = []
+
+    def do_POST(self):
+        self.bodies.append(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("generator", ["autocannon", "python-httpx"])
+def test_requests_per_second_loads_send_what_they_report(generator, monkeypatch):
+    """`bench overhead`'s new-prompt loads really send a text per request that no other request of the run sends
+    (else the router's decision cache would answer and the rate would not be a new-prompt rate), made of the load's
+    prompts; the repeated load sends one text. Both load generators: autocannon and the Python fallback."""
+    from benchmarks import overhead
+
+    if generator == "autocannon":
+        assert overhead.autocannon_available(), "node and .tools/node_modules/autocannon (make install) are needed"
+    else:
+        monkeypatch.setattr(overhead, "autocannon_available", lambda: False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    try:
+        for load, (prompts, mode) in overhead.LOADS.items():
+            _Recorder.bodies.clear()
+            r = overhead._load(url, 4, 1, prompts, mode)
+            assert r["generator"] == generator and r["errors"] == 0 and r["requests"] >= 20, r
+            docs = [json.loads(b) for b in list(_Recorder.bodies)]
+            assert all(d["model"] == "auto" and d["max_tokens"] == 1 for d in docs)
+            texts = [d["messages"][0]["content"] for d in docs]
+            if mode == "repeat":
+                assert set(texts) == {prompts[0]}
+                continue
+            assert len(set(texts)) == len(texts) >= r["requests"], load
+            parts = [re.fullmatch(r"(.*) \(#(\d+)\)", t, re.S) for t in texts]
+            assert all(m and m[1] == prompts[int(m[2]) % len(prompts)] for m in parts), texts[:3]
+            assert {m[1] for m in parts} == set(prompts)  # the whole set goes out, not one prompt with numbers
+    finally:
+        server.shutdown()
