@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.completions.chat_markup import conversation
+from gateway.completions.chat_markup import conversation, written_by_template
 from gateway.config import RouterConfig
 from gateway.errors import GatewayError
 from gateway.state import GatewayState, Target
@@ -46,11 +46,13 @@ def responses_routing_text(body: dict, policy: RouterConfig) -> str:
 
 def prompt_routing_text(text: str, policy: RouterConfig) -> str:
     """A completions prompt as the router reads it: one written in a chat template is read as its conversation,
-    under the same policy as a chat request (gateway/completions/chat_markup.py); any other prompt as it is."""
+    under the same policy as a chat request (gateway/completions/chat_markup.py), without the template's own default
+    system line; any other prompt as it is."""
     messages = conversation(text)
     if messages is None:
         return text
-    return chat_routing_text(messages, policy) or "\n".join(m["content"] for m in messages if m["content"])
+    return (chat_routing_text([m for m in messages if not written_by_template(m)], policy)
+            or "\n".join(m["content"] for m in messages if m["content"]))
 
 
 def completion_routing_text(prompt, policy: RouterConfig) -> str:

@@ -77,8 +77,12 @@ def test_a_chat_formatted_completions_prompt_is_read_as_its_conversation(name):
     text = CHAT_FORMATS[name]
     assert completion_routing_text(text, RouterConfig(path="r")) == "Is this clause void?"
     assert completion_routing_text([text, "x"], RouterConfig(path="r")) == "Is this clause void?"
+    # under the system-prompt policy, the template's own default system line is not read (the chat endpoint never
+    # sees it: vLLM adds it after routing); a system prompt of the client's is
     k2 = RouterConfig(path="r", policy="system_and_last_k", last_k=2)
-    assert prompt_routing_text(text, k2) == f"{SMOL_SYSTEM}\nfirst question\nIs this clause void?"
+    assert prompt_routing_text(text, k2) == "first question\nIs this clause void?"
+    own = text.replace(SMOL_SYSTEM, "You review contracts.")
+    assert prompt_routing_text(own, k2) == "You review contracts.\nfirst question\nIs this clause void?"
 
 
 def test_a_prompt_that_only_mentions_chat_markup_is_read_as_it_is():

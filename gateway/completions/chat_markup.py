@@ -33,6 +33,20 @@ _INST = re.compile(r"\[INST\](.*?)(?:\[/INST\]|\Z)", re.S)
 _SYS = re.compile(r"<<SYS>>(.*?)<</SYS>>", re.S)
 _ROLES = {"model": "assistant"}  # Gemma's name for the assistant
 
+#: system lines that chat templates write on their own when a conversation has none (SmolLM2; Qwen2.5; Qwen2). In a
+#: prompt rendered by the client they are the template's, not the user's: /v1/chat/completions never sees them (vLLM
+#: renders the template after routing), so the router does not read them here either
+TEMPLATE_DEFAULT_SYSTEM = frozenset({
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    "You are a helpful assistant.",
+})
+
+
+def written_by_template(message: dict) -> bool:
+    """Whether `message` is a template's own default system line."""
+    return message["role"] == "system" and message["content"] in TEMPLATE_DEFAULT_SYSTEM
+
 
 def conversation(text: str) -> list[dict] | None:
     """The turns of a chat-formatted prompt as chat messages (`role`, `content`); None when it is not one."""
