@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.processes import free_port, gateway_config, spawn, stop_process, wait_http
 from benchmarks.routing import RESULTS, machine
@@ -102,7 +103,7 @@ LOADS = {"short": (PROMPTS, "new"), "medium": (MEDIUM_PROMPTS, "new"), "repeated
 
 LOADGEN = r"""
 import asyncio, json, sys, time, httpx
-url, conc, secs, prompts, mode = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
+url, conc, secs, prompts, mode, first = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 async def main():
     done = errors = sent = 0
     stop = time.perf_counter() + secs
@@ -110,14 +111,14 @@ async def main():
         async def worker():
             nonlocal done, errors, sent
             while time.perf_counter() < stop:
-                i, sent = sent, sent + 1
+                i, sent = first + sent, sent + 1
                 text = f"{prompts[i % len(prompts)]} (#{i})" if mode == "new" else prompts[0]
                 r = await c.post(url, json={"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": text}]})
                 if r.status_code == 200: done += 1
                 else: errors += 1
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(conc)))
-        print(json.dumps({"requests": done, "errors": errors, "seconds": time.perf_counter() - t}))
+        print(json.dumps({"requests": done, "errors": errors, "seconds": time.perf_counter() - t, "sent": sent if mode == "new" else 0}))
 asyncio.run(main())
 """
 
@@ -129,25 +130,29 @@ def autocannon_available() -> bool:
     return shutil.which("node") is not None and (NODE_MODULES / "autocannon" / "package.json").is_file()
 
 
-def _autocannon(url: str, connections: int, seconds: float, prompts: list[str], mode: str) -> dict:
+def _autocannon(url: str, connections: int, seconds: float, prompts: list[str], mode: str, first: int = 0) -> dict:
     """Requests/s from autocannon (Node, `make install` puts it in .tools/), a load generator that is not the
-    bottleneck, driven by benchmarks/loadgen.js (`mode` "new" or "repeat", see LOADS)."""
+    bottleneck, driven by benchmarks/loadgen.js (`mode` "new" or "repeat", see LOADS; new texts are numbered from
+    `first`)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(prompts, f)
         f.flush()
-        r = subprocess.run(["node", str(LOADGEN_JS), url, str(connections), str(int(seconds)), f.name, mode],
+        r = subprocess.run(["node", str(LOADGEN_JS), url, str(connections), str(int(seconds)), f.name, mode, str(first)],
                            capture_output=True, text=True, timeout=seconds + 120, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     if r.returncode != 0:
         raise RuntimeError(f"autocannon failed: {r.stderr[-500:]}")
     d = json.loads(r.stdout)
     return {"requests": d["2xx"], "errors": d["non2xx"] + d["errors"] + d["timeouts"], "seconds": d["duration"],
-            "latency_p50_ms": d["latency"]["p50"], "latency_p99_ms": d["latency"]["p99"]}
+            "latency_p50_ms": d["latency"]["p50"], "latency_p99_ms": d["latency"]["p99"], "sent": d["sent"] if mode == "new" else 0}
 
 
-def _load(url: str, connections: int, seconds: float, prompts: list[str], mode: str) -> dict:
+def _load(url: str, connections: int, seconds: float, prompts: list[str], mode: str, first: int = 0) -> dict:
+    """One load run. A "new" load's texts are numbered from `first`, and `sent` in the result says how many numbers
+    it used: the next run against the same gateway starts after them, or it would resend texts still in the router's
+    decision cache."""
     if autocannon_available():
-        return {**_autocannon(url, connections, seconds, prompts, mode), "generator": "autocannon"}
-    r = subprocess.run([sys.executable, "-c", LOADGEN, url, str(connections), str(seconds), json.dumps(prompts), mode],
+        return {**_autocannon(url, connections, seconds, prompts, mode, first), "generator": "autocannon"}
+    r = subprocess.run([sys.executable, "-c", LOADGEN, url, str(connections), str(seconds), json.dumps(prompts), mode, str(first)],
                        capture_output=True, text=True, timeout=seconds + 120)
     return {**json.loads(r.stdout), "generator": "python-httpx"}
 
@@ -222,7 +227,15 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
         gw = f"http://127.0.0.1:{gw_port}"
         wait_http(f"{gw}/health")
         url = f"{gw}/v1/chat/completions"
-        _load(url, 64, 3, *LOADS["short"])  # warm-up
+        next_id = 0  # new-prompt texts are numbered on from run to run, the warm-up's included
+
+        def load(seconds: float, prompts: list[str], mode: str) -> dict:
+            nonlocal next_id
+            before = decisions(gw)
+            r = _load(url, 64, seconds, prompts, mode, first=next_id)
+            next_id += r["sent"]
+            return {**r, "cache_hits": decisions(gw)["cache"] - before["cache"]}
+        load(3, *LOADS["short"])  # warm-up
         # this machine's speed drifts by several per cent from minute to minute: alternate the loads and report the
         # median run of each
         runs: dict[str, list[dict]] = {name: [] for name in LOADS}
@@ -230,7 +243,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
             task = bar.add_task(f"{rps_runs} runs of {rps_seconds:.0f} s per load against the instant responder", total=rps_runs)
             for _ in range(rps_runs):
                 for name, (prompts, mode) in LOADS.items():
-                    runs[name].append(_load(url, 64, rps_seconds, prompts, mode))
+                    runs[name].append(load(rps_seconds, prompts, mode))
                 bar.advance(task)
         for name, key, _ in RPS_ROWS:
             rate = [x["requests"] / x["seconds"] for x in runs[name]]
@@ -238,6 +251,7 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
         result["prompt_tokens"] = {name: prompt_tokens(router, *LOADS[name]) for name in LOADS}
         median_run = runs["short"][int(np.argsort(result["gateway_rps_runs"])[len(runs["short"]) // 2])]
         dload = _load(f"http://127.0.0.1:{up_port}/v1/chat/completions", 64, max(3.0, rps_seconds / 3), *LOADS["repeated"])
+        result["new_prompt_cache_hits"] = int(sum(x["cache_hits"] for name, (_, mode) in LOADS.items() if mode == "new" for x in runs[name]))
         result.update(rps_seconds=rps_seconds, gateway_errors=sum(x["errors"] for v in runs.values() for x in v),
                       instant_upstream_rps=dload["requests"] / dload["seconds"], rps_concurrency=64,
                       load_generator=median_run["generator"],
@@ -253,6 +267,17 @@ def run(config: Path, concurrency: int = 32, waves: int = 4, max_tokens: int = 1
     (out_dir / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "overhead.md").write_text(_markdown(result))
     return result
+
+
+def decisions(gateway: str) -> dict[str, float]:
+    """A gateway's route decisions so far, by where they came from ("cache", "encoder"), from its /metrics."""
+    out = {"cache": 0.0, "encoder": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{gateway}/metrics", timeout=30).text):
+        if family.name == "forgetless_router_decisions":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["source"]] = sample.value
+    return out
 
 
 RPS_ROWS = (("short", "gateway_rps", "new short prompts"),
@@ -293,8 +318,11 @@ def _markdown(r: dict) -> str:
         f"{r['rps_concurrency']} concurrent clients ({r.get('load_generator', 'python-httpx')}), router included "
         f"(`model: auto`), {r['gateway_errors']} errors; the loads alternate, "
         f"{len(r['gateway_rps_runs'])} runs of {r.get('rps_seconds', 15):.0f} s each, and the median run is reported. "
-        "A new prompt is one of a load's prompts with the request's number appended, so the router encodes every one "
-        "(no decision-cache hits); `gateway_rps` is the first row.", "",
+        "A new prompt is one of a load's prompts with the request's number appended, numbered on from run to run "
+        "(the warm-up's included), so the router encodes every one"
+        + (f": {r['new_prompt_cache_hits']} decision-cache hits in the new-prompt runs (the gateway's "
+           "`forgetless_router_decisions_total`)" if "new_prompt_cache_hits" in r else "")
+        + "; `gateway_rps` is the first row.", "",
         "| load | prompt tokens (mean) | requests/s | runs |", "|---|---|---|---|",
         *_rps_rows(r),
         "",

@@ -22,6 +22,11 @@ class Metrics:
         self.requests = Counter("forgetless_requests_total", "Requests by route, model and status", ["endpoint", "route", "model", "status"], registry=r)
         self.errors = Counter("forgetless_errors_total", "Error responses by route and kind", ["route", "kind"], registry=r)
         self.fallbacks = Counter("forgetless_fallbacks_total", "Requests sent to the base model as a fallback", ["route", "reason"], registry=r)
+        self.decisions = Counter("forgetless_router_decisions_total",
+                                 "Route decisions by where they came from: the decision cache (a text seen before) or the encoder",
+                                 ["source"], registry=r)
+        for source in ("cache", "encoder"):
+            self.decisions.labels(source)  # both series from the start, at 0
         self.router_ms = Histogram("forgetless_router_latency_ms", "Router decision time (ms)", buckets=_MS_BUCKETS, registry=r)
         self.upstream_s = Histogram("forgetless_upstream_latency_seconds", "Upstream response time", ["route"], buckets=_S_BUCKETS, registry=r)
         self.ttft_s = Histogram("forgetless_time_to_first_token_seconds", "Time to first streamed chunk", ["route"], buckets=_S_BUCKETS, registry=r)

@@ -106,6 +106,9 @@ def test_bench_overhead_small_run(tmp_path):
         assert len(runs) == 3 and doc[key] == sorted(runs)[1] and doc[key] > 0
         assert f"{doc[key]:.0f}" in md and ", ".join(f"{x:.0f}" for x in runs) in md
     assert doc["instant_upstream_rps"] > 0
+    # new-prompt runs are numbered on from the warm-up and from each other: the gateway's decision cache, which
+    # outlives a run, answered none of them
+    assert doc["new_prompt_cache_hits"] == 0 and "0 decision-cache hits in the new-prompt runs" in md
     # the loads' prompt lengths in the router's tokens: short ones (~16), the dev set's median (~45), one repeated
     tokens = doc["prompt_tokens"]
     assert 10 < tokens["short"] < 22 and 40 < tokens["medium"] < 60 and tokens["repeated"] < 16
@@ -145,18 +148,26 @@ def test_requests_per_second_loads_send_what_they_report(generator, monkeypatch)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
     try:
         for load, (prompts, mode) in overhead.LOADS.items():
-            _Recorder.bodies.clear()
-            r = overhead._load(url, 4, 1, prompts, mode)
-            assert r["generator"] == generator and r["errors"] == 0 and r["requests"] >= 20, r
-            docs = [json.loads(b) for b in list(_Recorder.bodies)]
-            assert all(d["model"] == "auto" and d["max_tokens"] == 1 for d in docs)
-            texts = [d["messages"][0]["content"] for d in docs]
-            if mode == "repeat":
-                assert set(texts) == {prompts[0]}
-                continue
-            assert len(set(texts)) == len(texts) >= r["requests"], load
-            parts = [re.fullmatch(r"(.*) \(#(\d+)\)", t, re.S) for t in texts]
-            assert all(m and m[1] == prompts[int(m[2]) % len(prompts)] for m in parts), texts[:3]
-            assert {m[1] for m in parts} == set(prompts)  # the whole set goes out, not one prompt with numbers
+            earlier: set[str] = set()
+            first = 0
+            for _ in range(2):  # two runs in a row, the second numbered on from the first, as `bench overhead` does
+                _Recorder.bodies.clear()
+                r = overhead._load(url, 4, 1, prompts, mode, first=first)
+                assert r["generator"] == generator and r["errors"] == 0 and r["requests"] >= 20, r
+                docs = [json.loads(b) for b in list(_Recorder.bodies)]
+                assert all(d["model"] == "auto" and d["max_tokens"] == 1 for d in docs)
+                texts = [d["messages"][0]["content"] for d in docs]
+                if mode == "repeat":
+                    assert set(texts) == {prompts[0]} and r["sent"] == 0
+                    continue
+                assert len(set(texts)) == len(texts) >= r["requests"], load
+                assert not earlier & set(texts), load  # nothing the previous run sent (the decision cache has it)
+                parts = [re.fullmatch(r"(.*) \(#(\d+)\)", t, re.S) for t in texts]
+                assert all(m and m[1] == prompts[int(m[2]) % len(prompts)] for m in parts), texts[:3]
+                assert {m[1] for m in parts} == set(prompts)  # the whole set goes out, not one prompt with numbers
+                numbers = sorted(int(m[2]) for m in parts)
+                assert numbers[0] == first and numbers[-1] < first + r["sent"] and r["sent"] >= len(texts), load
+                earlier |= set(texts)
+                first += r["sent"]
     finally:
         server.shutdown()

@@ -386,11 +386,30 @@ def test_reload_under_load_drops_nothing(gateway, example_router):
             assert text.rstrip().endswith("data: [DONE]") and '"error"' not in text
 
 
-def test_ready_and_metrics(gateway):
+def test_ready_and_metrics(gateway, client):
     assert httpx.get(f"{gateway.url}/ready").json() == {"ready": True, "router": True, "upstream": True}
+    client.chat.completions.create(model="auto", max_tokens=1, messages=[{"role": "user", "content": "Hello there."}])
     text = httpx.get(f"{gateway.url}/metrics").text
     assert 'forgetless_requests_total{endpoint="chat/completions"' in text
     assert "forgetless_router_latency_ms_bucket" in text and "forgetless_time_to_first_token_seconds" in text
+
+
+def test_metrics_count_where_decisions_come_from(gateway, client):
+    """forgetless_router_decisions_total tells encoded decisions from decision-cache hits: a text new to the gateway
+    is encoded once, the same text again comes from the cache, and an explicit model decides nothing."""
+    def counts():
+        return {s: metric(gateway.url, f'forgetless_router_decisions_total{{source="{s}"}}') for s in ("cache", "encoder")}
+
+    text = f"What is the statute of limitations for a breach of contract claim? ({time.time_ns()})"
+    before = counts()
+    client.chat.completions.create(model="auto", max_tokens=1, messages=[{"role": "user", "content": text}])
+    first = counts()
+    client.chat.completions.create(model="auto", max_tokens=1, messages=[{"role": "user", "content": text}])
+    second = counts()
+    client.chat.completions.create(model="smollm2", max_tokens=1, messages=[{"role": "user", "content": text + "!"}])
+    assert (first["encoder"] - before["encoder"], first["cache"] - before["cache"]) == (1, 0)
+    assert (second["encoder"] - first["encoder"], second["cache"] - first["cache"]) == (0, 1)
+    assert counts() == second
 
 
 def test_logs_carry_no_prompt_text(gateway, client):
