@@ -152,6 +152,7 @@ def test_the_gateway_answers_a_repeated_text_from_the_cache_on_its_event_loop(ex
     from types import SimpleNamespace
 
     from gateway.auth import require_admin_key, require_client_key
+    from gateway.observability import Metrics
     from gateway.state import GatewayState
 
     handed = []
@@ -162,12 +163,16 @@ def test_the_gateway_answers_a_repeated_text_from_the_cache_on_its_event_loop(ex
             return super().submit(fn, *args, **kwargs)
 
     router = EmbeddingRouter.load(example_router)
-    state = SimpleNamespace(router_pool=Pool(1))
+    state = SimpleNamespace(router_pool=Pool(1), metrics=Metrics())
     first = asyncio.run(GatewayState.decide(state, router, "Draft a non-compete clause"))
     again = asyncio.run(GatewayState.decide(state, router, "Draft a non-compete clause"))
     other = asyncio.run(GatewayState.decide(state, router, "Solve for x: 3x + 7 = 22."))
     assert handed == [("Draft a non-compete clause",), ("Solve for x: 3x + 7 = 22.",)]
     assert again is first and other.route != first.route
+    # and /metrics says so: forgetless_router_decisions_total by source
+    count = state.metrics.registry.get_sample_value
+    assert count("forgetless_router_decisions_total", {"source": "encoder"}) == 2
+    assert count("forgetless_router_decisions_total", {"source": "cache"}) == 1
     # the key checks are coroutines too: FastAPI would run a plain function on a worker thread per request
     assert asyncio.iscoroutinefunction(require_client_key) and asyncio.iscoroutinefunction(require_admin_key)
 
