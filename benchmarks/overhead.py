@@ -143,7 +143,7 @@ def _autocannon(url: str, connections: int, seconds: float, prompts: list[str], 
         raise RuntimeError(f"autocannon failed: {r.stderr[-500:]}")
     d = json.loads(r.stdout)
     return {"requests": d["2xx"], "errors": d["non2xx"] + d["errors"] + d["timeouts"], "seconds": d["duration"],
-            "latency_p50_ms": d["latency"]["p50"], "latency_p99_ms": d["latency"]["p99"], "sent": d["sent"] if mode == "new" else 0}
+            "latency_p50_ms": d["latency"]["p50"], "latency_p99_ms": d["latency"]["p99"], "sent": d["sent"]}
 
 
 def _load(url: str, connections: int, seconds: float, prompts: list[str], mode: str, first: int = 0) -> dict:

@@ -25,8 +25,8 @@ class Metrics:
         self.decisions = Counter("forgetless_router_decisions_total",
                                  "Route decisions by where they came from: the decision cache (a text seen before) or the encoder",
                                  ["source"], registry=r)
-        for source in ("cache", "encoder"):
-            self.decisions.labels(source)  # both series from the start, at 0
+        # bound once (both series show from the start, at 0): the request path only increments
+        self.decided_from_cache, self.decided_by_encoder = (self.decisions.labels(s) for s in ("cache", "encoder"))
         self.router_ms = Histogram("forgetless_router_latency_ms", "Router decision time (ms)", buckets=_MS_BUCKETS, registry=r)
         self.upstream_s = Histogram("forgetless_upstream_latency_seconds", "Upstream response time", ["route"], buckets=_S_BUCKETS, registry=r)
         self.ttft_s = Histogram("forgetless_time_to_first_token_seconds", "Time to first streamed chunk", ["route"], buckets=_S_BUCKETS, registry=r)

@@ -51,11 +51,11 @@ class GatewayState:
 
     async def decide(self, router: EmbeddingRouter, text: str):
         if (hit := router.cached(text)) is not None:  # a repeated text is answered here, without a thread hand-off
-            self.metrics.decisions.labels("cache").inc()
+            self.metrics.decided_from_cache.inc()
             return hit
         # counted as encoded even if the same text's decision lands in the cache in the microseconds before this
         # thread looks (two copies of one text at once): the counter says what the gateway asked for
-        self.metrics.decisions.labels("encoder").inc()
+        self.metrics.decided_by_encoder.inc()
         return await asyncio.get_running_loop().run_in_executor(self.router_pool, router.decide, text)
 
     @property
