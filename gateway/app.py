@@ -57,7 +57,7 @@ def load_or_train_router(cfg: RoutesConfig, log=print) -> EmbeddingRouter:
 
 def create_app(cfg: RoutesConfig, secrets: Secrets | None = None, router: EmbeddingRouter | None = None) -> FastAPI:
     state = GatewayState(cfg, secrets or Secrets(), router)
-    setup_logging()
+    setup_logging(queue_lines=cfg.gateway.log_queue_lines)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -95,6 +95,10 @@ class GatewayConfig(_Strict):
     #: uvloop close connections whose next request was already waiting, and those requests were lost
     keep_alive_timeout: float = Field(75.0, gt=0)
     log_content: bool = False
+    #: log lines waiting for the log's writer thread; when its reader (a pipe to a log collector, say) stalls and
+    #: this many are waiting, further lines are dropped and counted (forgetless_log_lines_dropped_total) rather than
+    #: stalling requests
+    log_queue_lines: int = Field(10_000, ge=1)
     max_connections: int = Field(256, ge=1)
     #: send requests that compute prompt logprobs to vLLM alone: batched with others they crash vLLM's engine when
     #: LoRA is enabled (gateway/upstream_gate.py)

@@ -13,6 +13,8 @@ import openai
 import pytest
 from conftest import REPO, ThreadedGateway, free_port, metric
 
+from gateway.observability import JsonFormatter
+
 ROUTED = [
     ("Is a non-compete clause in my employment contract enforceable after I resign?", "legal"),
     ("What is the first-line treatment for high blood pressure in adults?", "medical"),
@@ -416,7 +418,7 @@ def test_logs_carry_no_prompt_text(gateway, client):
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     logger = logging.getLogger("forgetless.gateway")
-    handler.setFormatter(logger.handlers[0].formatter)
+    handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     try:
         secret = "my tax identification number is 123-45-6789"
@@ -453,7 +455,7 @@ def test_a_stalled_event_loop_is_measured_and_logged(demo_cfg):  # no upstream n
 
     buf, logger = io.StringIO(), logging.getLogger("forgetless.gateway")
     handler = logging.StreamHandler(buf)
-    handler.setFormatter(logger.handlers[0].formatter)
+    handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     try:
         with ThreadedGateway(app, cfg.gateway.host, cfg.gateway.port) as gw:

@@ -4,15 +4,19 @@ mid-stream and brought back, slow upstream, adapter unloaded, corrupted reload, 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import DEMO_CONFIG, free_port
+import yaml
+from conftest import DEMO_CONFIG, REPO, free_port, metric
 
-from benchmarks.processes import spawn, stop_process, wait_http
+from benchmarks.processes import gateway_config, spawn, stop_process, wait_http
 from benchmarks.reliability import ADMIN_KEY, start_gateway
 
 CHAT = "/v1/chat/completions"
@@ -106,6 +110,58 @@ def test_schemathesis_fuzz_finds_no_5xx_and_no_hang(instant_gateway):
     assert len(r["operations"]) >= 9  # every endpoint, admin ones included
     assert r["failures"] == [], r["failures"][:5]
     assert r["status_counts"].get("200", 0) > 50 and r["status_counts"].get("400", 0) > 100  # valid and invalid cases
+
+
+def test_a_stalled_log_reader_does_not_stall_requests(tmp_path):
+    """The gateway's JSON lines go to stderr, often a pipe to a log collector. When that reader stops reading, the
+    pipe fills (64 KiB) and a blocking write would freeze the event loop, and with it every request. Requests must
+    go on; the lines that do not fit are dropped, counted on /metrics, and reported once the reader is back."""
+    up = free_port()
+    inst = spawn([sys.executable, "-m", "benchmarks.instant_upstream", str(up)], tmp_path / "instant.log")
+    procs = [inst]
+    try:
+        wait_http(f"http://127.0.0.1:{up}/health")
+        port = free_port()
+        cfg = gateway_config(DEMO_CONFIG, f"http://127.0.0.1:{up}", port, tmp_path / "gw.yaml")
+        doc = yaml.safe_load(cfg.read_text())
+        doc["gateway"]["log_queue_lines"] = 300  # a short queue, so that 1,500 requests overflow it
+        cfg.write_text(yaml.safe_dump(doc))
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--no-vllm", "--config", str(cfg)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, start_new_session=True,
+                              env={**os.environ, "FORGETLESS_ADMIN_KEY": ADMIN_KEY})  # stderr: a pipe nobody reads
+        procs.append(gw)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", timeout=300)
+        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+        def send(i: int) -> int:
+            return httpx.post(f"{url}{CHAT}", json=body, headers={"x-request-id": f"req-{i}"}, timeout=20).status_code
+
+        with ThreadPoolExecutor(8) as pool:  # ~300 bytes a line: 1,500 lines are several times the pipe's buffer
+            statuses = list(pool.map(send, range(1500)))
+        assert statuses.count(200) == 1500, {s: statuses.count(s) for s in set(statuses)}
+        dropped = metric(url, "forgetless_log_lines_dropped_total")
+        assert dropped > 0
+        os.set_blocking(gw.stderr.fileno(), False)  # the reader comes back: it drains the pipe ...
+        said = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b"log lines dropped" not in said:
+            said += gw.stderr.read() or b""
+            time.sleep(0.1)
+        assert httpx.post(f"{url}{CHAT}", json=body, timeout=20).status_code == 200
+        time.sleep(0.5)
+        said += gw.stderr.read() or b""
+        lines = [json.loads(ln) for ln in said.splitlines() if ln.startswith(b"{")]
+        # ... and finds every line whole, the gap announced with how many lines fell in it, and logging going on
+        warned = [d for d in lines if "log lines dropped" in d["msg"]]
+        assert warned and warned[0]["level"] == "warning" and warned[0]["dropped"] >= 1
+        assert sum(d["dropped"] for d in warned) == metric(url, "forgetless_log_lines_dropped_total")
+        logged = sum(1 for d in lines if d["msg"] == "request")
+        assert 1501 <= logged + sum(d["dropped"] for d in warned)  # more if other lines (warnings) were dropped too
+        assert logged >= 300 + 1 and b"Traceback" not in said
+    finally:
+        for p in procs:
+            stop_process(p)
 
 
 def test_load_at_64_concurrent_through_real_vllm(vllm, tmp_path):
