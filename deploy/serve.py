@@ -41,7 +41,11 @@ def server_config(app, cfg: RoutesConfig, **where):
     """The gateway's uvicorn settings (`where`: host/port overrides), shared by `serve` and in-process test gateways."""
     import uvicorn
 
+    # uvloop and httptools named, not left to uvicorn's "auto": without them (a gateway image without vLLM, whose
+    # dependencies had brought them in) uvicorn falls back to asyncio's loop and the pure-Python h11 parser, and the
+    # gateway answered 23 % fewer requests a second (benchmarks/FINDINGS.md, "Gateway overhead")
     return uvicorn.Config(app, **{"host": cfg.gateway.host, "port": cfg.gateway.port, **where}, log_level="warning",
+                          loop="uvloop", http="httptools",
                           timeout_keep_alive=cfg.gateway.keep_alive_timeout, timeout_graceful_shutdown=10)
 
 
