@@ -44,8 +44,9 @@ def server_config(app, cfg: RoutesConfig, **where):
     # uvloop and httptools named, not left to uvicorn's "auto": without them (a gateway image without vLLM, whose
     # dependencies had brought them in) uvicorn falls back to asyncio's loop and the pure-Python h11 parser, and the
     # gateway answered 23 % fewer requests a second (benchmarks/FINDINGS.md, "Gateway overhead")
+    # log_config None: uvicorn's warnings and errors go through the gateway's JSON log writer (setup_logging)
     return uvicorn.Config(app, **{"host": cfg.gateway.host, "port": cfg.gateway.port, **where}, log_level="warning",
-                          loop="uvloop", http="httptools",
+                          log_config=None, loop="uvloop", http="httptools",
                           timeout_keep_alive=cfg.gateway.keep_alive_timeout, timeout_graceful_shutdown=10)
 
 

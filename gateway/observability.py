@@ -60,11 +60,14 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)), "level": record.levelname.lower(),
                "msg": record.getMessage()}
+        if record.name != "forgetless.gateway":
+            doc["logger"] = record.name  # uvicorn's
         for f in self.FIELDS:
             if hasattr(record, f):
                 doc[f] = getattr(record, f)
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info:  # uvicorn's "Exception in ASGI application": the whole traceback, still on one line
+            tb = self.formatException(record.exc_info)
+            doc["exc"], doc["traceback"] = tb.splitlines()[-1], tb
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -131,8 +134,8 @@ class BackgroundWriter(logging.Handler):
             time.sleep(0.005)
 
     def close(self) -> None:
-        # logging.config.dictConfig (uvicorn's log set-up) closes every handler it finds, then the logger that holds
-        # this one goes on using it: so closing writes what is queued and the thread stays
+        # logging.config.dictConfig closes every handler it finds, and a logger that holds this one may go on using
+        # it: so closing writes what is queued and the thread stays
         self.flush()
         super().close()
 
@@ -141,14 +144,16 @@ _writer: BackgroundWriter | None = None
 
 
 def setup_logging(level: str = "INFO", stream=None, queue_lines: int = 10_000) -> logging.Logger:
-    """JSON lines on `stream` (stderr), written by a thread of their own. The first call sets the process up;
-    later calls (more apps in one process) only set the level."""
+    """JSON lines on `stream` (stderr), written by a thread of their own: the gateway's, and uvicorn's warnings and
+    errors (invalid HTTP, an exception in the app), which would otherwise be plain text written on the event loop.
+    The first call sets the process up; later calls (more apps in one process) only set the level."""
     global _writer
     logger = logging.getLogger("forgetless.gateway")
     if _writer is None:
         _writer = BackgroundWriter(stream or sys.stderr, queue_lines)
-        atexit.register(_writer.flush)  # logging.shutdown no longer knows it once uvicorn's dictConfig has closed it
-        logger.addHandler(_writer)
+        atexit.register(_writer.flush)  # at exit, before logging.shutdown
+        for name in ("forgetless.gateway", "uvicorn"):  # uvicorn.error and uvicorn.access pass their records up
+            logging.getLogger(name).addHandler(_writer)
+            logging.getLogger(name).propagate = False
     logger.setLevel(level)
-    logger.propagate = False
     return logger

@@ -7,9 +7,10 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 
-from gateway.observability import BackgroundWriter
+from gateway.observability import BackgroundWriter, JsonFormatter
 
 
 def _record(i: int) -> logging.LogRecord:
@@ -64,3 +65,14 @@ def test_a_full_queue_drops_and_the_next_write_announces_the_gap():
         docs = [json.loads(ln) for ln in reader.read().splitlines()]
     assert docs[0]["level"] == "warning" and docs[0]["dropped"] == 3 and "log lines dropped" in docs[0]["msg"]
     assert [d["request_id"] for d in docs[1:]] == [f"req-{i}" for i in range(5)]
+
+
+def test_an_exception_is_one_json_line_with_its_traceback():
+    try:
+        {}["missing"]
+    except KeyError:
+        r = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 0, "Exception in ASGI application", None, sys.exc_info())
+    line = JsonFormatter().format(r)
+    doc = json.loads(line)
+    assert "\n" not in line and doc["logger"] == "uvicorn.error" and doc["level"] == "error"
+    assert doc["exc"] == "KeyError: 'missing'" and doc["traceback"].startswith("Traceback") and "test_logging.py" in doc["traceback"]

@@ -149,10 +149,15 @@ def test_a_stalled_log_reader_does_not_stall_requests(tmp_path):
             said += gw.stderr.read() or b""
             time.sleep(0.1)
         assert httpx.post(f"{url}{CHAT}", json=body, timeout=20).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # uvicorn logs a warning for this
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 400")
         time.sleep(0.5)
         said += gw.stderr.read() or b""
-        lines = [json.loads(ln) for ln in said.splitlines() if ln.startswith(b"{")]
-        # ... and finds every line whole, the gap announced with how many lines fell in it, and logging going on
+        lines = [json.loads(ln) for ln in said.splitlines()]
+        # ... and finds every line whole and JSON (uvicorn's too), the gap announced with how many lines fell in
+        # it, and logging going on
+        assert any(d["level"] == "warning" and d.get("logger") == "uvicorn.error" and "Invalid HTTP" in d["msg"] for d in lines)
         warned = [d for d in lines if "log lines dropped" in d["msg"]]
         assert warned and warned[0]["level"] == "warning" and warned[0]["dropped"] >= 1
         assert sum(d["dropped"] for d in warned) == metric(url, "forgetless_log_lines_dropped_total")
