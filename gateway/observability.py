@@ -75,8 +75,8 @@ class BackgroundWriter(logging.Handler):
     """Writes log lines from a thread of its own, so the event loop never blocks on a log pipe whose reader has
     stalled. A record is queued (a deque append; no thread is woken per line, which cost 15 % of requests/s with the
     standard library's QueueListener) and the thread formats and writes whatever has queued every `interval`
-    seconds, in one write. When `max_lines` are waiting, further
-    records are dropped and counted; the first write after that starts with a warning line saying how many."""
+    seconds, in one write. When `max_lines` are waiting, further records are dropped and counted; the first write
+    after that starts with a warning line saying how many."""
 
     def __init__(self, stream, max_lines: int, interval: float = 0.05):
         super().__init__()
